@@ -1,0 +1,110 @@
+"""Model configuration: defaults, validation and element handling.
+
+A model is fully described by a plain dict (YAML-friendly, saved inside model files). Every key has
+a default; unknown keys raise an error that lists the known ones, so a misspelled option never goes
+unnoticed.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, List, Sequence, Union
+
+from ase.data import atomic_numbers as _SYMBOL_TO_Z
+from ase.data import chemical_symbols as _Z_TO_SYMBOL
+
+ARCHITECTURES = ("behler_parrinello", "painn")
+DTYPES = ("float32", "float64")
+
+DEFAULT_MODEL_CONFIG: Dict[str, Any] = {
+    "elements": None,  # required: list of element symbols or atomic numbers
+    "cutoff": 0.5,  # nm, short-range cutoff of the MLP
+    "architecture": "behler_parrinello",
+    "dtype": "float32",
+    "periodic": False,
+    "reference_energies": None,  # {symbol: kJ/mol}, usually fitted by least squares on the data
+    "energy_scale": 1.0,  # kJ/mol, multiplies the network's atomic outputs
+    "behler_parrinello": {
+        "n_radial": 16,
+        "n_angular": 4,
+        "angular_cutoff": None,  # nm; default 0.7 * cutoff
+        "hidden": [64, 64],
+        "activation": "silu",
+        "cutoff_function": "cosine",
+    },
+    "painn": {
+        "n_features": 64,
+        "n_layers": 3,
+        "n_rbf": 16,
+        "cutoff_function": "cosine",
+        "activation": "silu",
+    },
+}
+
+
+def element_number(element: Union[str, int]) -> int:
+    """Atomic number of a symbol ("O") or number (8); unknown ones raise ValueError."""
+    if isinstance(element, bool):
+        raise ValueError(f"unknown element {element!r}")
+    if isinstance(element, int):
+        if 1 <= element < len(_Z_TO_SYMBOL):
+            return element
+        raise ValueError(f"unknown element: atomic number {element} is outside 1..{len(_Z_TO_SYMBOL) - 1}")
+    if isinstance(element, str) and element in _SYMBOL_TO_Z and element != "X":
+        return _SYMBOL_TO_Z[element]
+    raise ValueError(f"unknown element symbol {element!r}")
+
+
+def element_symbol(z: int) -> str:
+    return _Z_TO_SYMBOL[element_number(int(z))]
+
+
+def _merge(defaults: Dict[str, Any], given: Dict[str, Any], where: str) -> Dict[str, Any]:
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) {', '.join(map(repr, unknown))} in {where}; known keys: {', '.join(sorted(defaults))}"
+        )
+    out = copy.deepcopy(defaults)
+    for key, value in given.items():
+        if isinstance(defaults[key], dict):
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}.{key} must be a mapping, got {type(value).__name__}")
+            out[key] = _merge(defaults[key], value, f"{where}.{key}")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve_model_config(config: Dict[str, Any]) -> Dict[str, Any]:
+    """Fill defaults into ``config`` and validate it; returns a new dict with elements as symbols."""
+    if not isinstance(config, dict):
+        raise ValueError(f"model config must be a dict, got {type(config).__name__}")
+    cfg = _merge(DEFAULT_MODEL_CONFIG, config, "model config")
+    if not cfg["elements"]:
+        raise ValueError("model config needs 'elements', e.g. ['H', 'C', 'O']")
+    numbers: List[int] = sorted({element_number(e) for e in cfg["elements"]})
+    cfg["elements"] = [element_symbol(z) for z in numbers]
+    if not (isinstance(cfg["cutoff"], (int, float)) and 0.05 <= cfg["cutoff"] <= 3.0):
+        raise ValueError(f"cutoff must be a number of nm in [0.05, 3.0], got {cfg['cutoff']!r}")
+    cfg["cutoff"] = float(cfg["cutoff"])
+    if cfg["architecture"] not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {cfg['architecture']!r}; known: {', '.join(ARCHITECTURES)}")
+    if cfg["dtype"] not in DTYPES:
+        raise ValueError(f"unknown dtype {cfg['dtype']!r}; known: {', '.join(DTYPES)}")
+    refs = cfg["reference_energies"]
+    if refs is not None:
+        if not isinstance(refs, dict):
+            raise ValueError("reference_energies must map element symbols to kJ/mol")
+        fixed = {}
+        for key, value in refs.items():
+            symbol = element_symbol(element_number(int(key) if isinstance(key, str) and key.isdigit() else key))
+            if symbol not in cfg["elements"]:
+                raise ValueError(f"reference_energies has element {symbol}, which is not in elements {cfg['elements']}")
+            fixed[symbol] = float(value)
+        cfg["reference_energies"] = fixed
+    return cfg
+
+
+def element_numbers(symbols: Sequence[str]) -> List[int]:
+    return [element_number(s) for s in symbols]

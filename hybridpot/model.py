@@ -1,0 +1,261 @@
+"""HybridModel: E = E_MLP (+ E_elec + E_disp), with build_model / save_model / load_model.
+
+The model's ``forward`` works on a flat batch of frames and is TorchScript-compatible (openmm-torch's
+TorchForce runs it without Python). :meth:`HybridModel.compute` is the convenient single-frame entry
+point that validates its input, accepts NumPy or torch, and returns forces by autograd.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Dict, List, Optional, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from hybridpot.config import element_numbers, element_symbol, resolve_model_config
+from hybridpot.physics.neighbors import batch_neighbors, frame_neighbors, pair_vectors
+
+MODEL_FORMAT = "hybridpot-model"
+MODEL_FORMAT_VERSION = 1
+#: Distance below which two atoms count as "on top of each other" in input validation, nm.
+MIN_DISTANCE = 0.01
+ArrayLike = Union[np.ndarray, Tensor, List]
+
+
+def _dtype(name: str) -> torch.dtype:
+    return torch.float64 if name == "float64" else torch.float32
+
+
+def _build_short_range(cfg: Dict[str, Any]) -> torch.nn.Module:
+    n_species = len(cfg["elements"])
+    if cfg["architecture"] == "behler_parrinello":
+        from hybridpot.nn.behler_parrinello import BehlerParrinello
+
+        return BehlerParrinello(n_species, cfg["cutoff"], **cfg["behler_parrinello"])
+    from hybridpot.nn.painn import PaiNN
+
+    return PaiNN(n_species, cfg["cutoff"], **cfg["painn"])
+
+
+class HybridModel(torch.nn.Module):
+    """Hybrid ML potential. Build with :func:`build_model`; units nm, kJ/mol, e.
+
+    forward(positions (N, 3), atomic_numbers (N,), box (B, 3, 3) or None, ptr (B+1,),
+    total_charge (B,)) -> dict with "energy" (B,), "atomic_energies" (N,), "e_mlp" (B,).
+    """
+
+    def __init__(self, config: Dict[str, Any]):
+        super().__init__()
+        cfg = resolve_model_config(config)
+        self.config = cfg
+        numbers = element_numbers(cfg["elements"])
+        self.elements: List[int] = numbers
+        self.cutoff = float(cfg["cutoff"])
+        self.periodic = bool(cfg["periodic"])
+        z_to_species = torch.full((119,), -1, dtype=torch.long)
+        for k, z in enumerate(numbers):
+            z_to_species[z] = k
+        self.register_buffer("z_to_species", z_to_species)
+        refs = cfg["reference_energies"] or {}
+        self.register_buffer(
+            "reference_energies", torch.tensor([refs.get(element_symbol(z), 0.0) for z in numbers], dtype=torch.float64)
+        )
+        self.register_buffer("energy_scale", torch.tensor(float(cfg["energy_scale"]), dtype=torch.float64))
+        self.short_range = _build_short_range(cfg)
+        self.to(_dtype(cfg["dtype"]))
+
+    # ------------------------------------------------------------------ TorchScript path
+    def forward(
+        self,
+        positions: Tensor,
+        atomic_numbers: Tensor,
+        box: Optional[Tensor],
+        ptr: Tensor,
+        total_charge: Tensor,
+    ) -> Dict[str, Tensor]:
+        species = self.z_to_species[atomic_numbers]
+        n_frames = ptr.shape[0] - 1
+        counts = ptr[1:] - ptr[:-1]
+        batch = torch.repeat_interleave(torch.arange(n_frames, device=positions.device), counts)
+        i, j, shifts = batch_neighbors(positions, self.cutoff, ptr, box, True)
+        vectors = pair_vectors(positions, i, j, shifts, box, batch[i])
+        distances = torch.linalg.norm(vectors, dim=1)
+        raw, features = self.short_range(species, i, j, vectors, distances)
+        atomic = raw * self.energy_scale.to(raw.dtype) + self.reference_energies.to(raw.dtype)[species]
+        e_mlp = torch.zeros(n_frames, dtype=atomic.dtype, device=atomic.device).index_add(0, batch, atomic)
+        return {"energy": e_mlp, "e_mlp": e_mlp, "atomic_energies": atomic, "features": features}
+
+    # ------------------------------------------------------------------ Python conveniences
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.reference_energies.dtype
+
+    @torch.jit.unused
+    def element_symbols(self) -> List[str]:
+        return list(self.config["elements"])
+
+    @torch.jit.unused
+    def validate(self, positions: Tensor, atomic_numbers: Tensor, box: Optional[Tensor]) -> None:
+        """Check one frame's input; raise ValueError naming atoms, elements or shapes at fault."""
+        if positions.dim() != 2 or positions.shape[1] != 3:
+            raise ValueError(f"positions must have shape (N, 3) in nm, got {tuple(positions.shape)}")
+        if atomic_numbers.shape != (positions.shape[0],):
+            raise ValueError(
+                f"atomic_numbers must have shape ({positions.shape[0]},) to match positions, "
+                f"got {tuple(atomic_numbers.shape)}"
+            )
+        bad = torch.nonzero(~torch.isfinite(positions).all(dim=1)).flatten().tolist()
+        if bad:
+            raise ValueError(f"positions contain NaN or inf at atom indices {bad[:20]}")
+        z = atomic_numbers.tolist()
+        unknown = sorted({v for v in z if not (0 <= v < 119) or self.z_to_species[v] < 0})
+        if unknown:
+            idx = [k for k, v in enumerate(z) if v in unknown]
+            names = []
+            for v in unknown:
+                try:
+                    names.append(element_symbol(v))
+                except ValueError:
+                    names.append(f"Z={v}")
+            raise ValueError(
+                f"elements {names} (atom indices {idx[:20]}) are not in this model, which knows "
+                f"{self.element_symbols()}"
+            )
+        if box is None and self.periodic:
+            raise ValueError("this model is periodic: pass box (3, 3) nm with the lattice vectors as rows")
+        if box is not None:
+            if box.shape != (3, 3):
+                raise ValueError(f"box must have shape (3, 3) in nm, got {tuple(box.shape)}")
+            if not torch.isfinite(box).all() or abs(float(torch.det(box.double()))) < 1e-9:
+                raise ValueError(f"box must be finite with non-zero volume, got {box.tolist()}")
+        i, j, _ = frame_neighbors(positions, MIN_DISTANCE, box, False)
+        if i.numel() > 0:
+            pairs = list(zip(i.tolist(), j.tolist()))[:10]
+            raise ValueError(f"atoms on top of each other (closer than {MIN_DISTANCE} nm): index pairs {pairs}")
+
+    @torch.jit.unused
+    def compute(
+        self,
+        positions: ArrayLike,
+        atomic_numbers: ArrayLike,
+        box: Optional[ArrayLike] = None,
+        total_charge: float = 0.0,
+        *,
+        forces: bool = True,
+    ) -> Dict[str, Any]:
+        """Energy and forces of one frame.
+
+        Parameters
+        ----------
+        positions: (N, 3) nm, NumPy or torch
+        atomic_numbers: (N,) int
+        box: (3, 3) nm, lattice vectors as rows, or None for a non-periodic system
+        total_charge: e
+
+        Returns
+        -------
+        dict with "energy" (scalar tensor, kJ/mol), "forces" ((N, 3) kJ/mol/nm), "atomic_energies"
+        ((N,) kJ/mol) and "terms" ({"mlp": ...} kJ/mol), all detached.
+        """
+        device = self.reference_energies.device
+        pos = torch.as_tensor(np.asarray(positions) if isinstance(positions, list) else positions)
+        pos = pos.detach().to(device=device, dtype=self.dtype)
+        z = torch.as_tensor(atomic_numbers).to(device=device, dtype=torch.long)
+        cell = None if box is None else torch.as_tensor(box).detach().to(device=device, dtype=self.dtype)
+        self.validate(pos, z, cell)
+        pos.requires_grad_(forces)
+        ptr = torch.tensor([0, pos.shape[0]], device=device)
+        q = torch.tensor([float(total_charge)], dtype=self.dtype, device=device)
+        out = self.forward(pos, z, None if cell is None else cell.unsqueeze(0), ptr, q)
+        energy = out["energy"].sum()
+        result: Dict[str, Any] = {
+            "energy": energy.detach(),
+            "atomic_energies": out["atomic_energies"].detach(),
+            "terms": {k[2:]: v.detach().sum() for k, v in out.items() if k.startswith("e_")},
+        }
+        if forces:
+            (grad,) = torch.autograd.grad(energy, pos)
+            result["forces"] = -grad.detach()
+        return result
+
+
+def build_model(config: Dict[str, Any]) -> HybridModel:
+    """Build a :class:`HybridModel` from a config dict (see ``hybridpot.config.DEFAULT_MODEL_CONFIG``)."""
+    return HybridModel(config)
+
+
+def _atomic_torch_save(obj: Any, path: Union[str, os.PathLike]) -> None:
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_model(model: HybridModel, path: Union[str, os.PathLike], metadata: Optional[Dict[str, Any]] = None) -> None:
+    """Write weights, full config and metadata to one file, atomically (temp file + rename)."""
+    from hybridpot import __version__
+
+    meta = {
+        "elements": model.element_symbols(),
+        "cutoff_nm": model.cutoff,
+        "periodic": model.periodic,
+        "dtype": model.config["dtype"],
+        "units": {"length": "nm", "energy": "kJ/mol", "charge": "e"},
+        "hybridpot_version": __version__,
+    }
+    meta.update(metadata or {})
+    payload = {
+        "format": MODEL_FORMAT,
+        "format_version": MODEL_FORMAT_VERSION,
+        "config": model.config,
+        "metadata": meta,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    _atomic_torch_save(payload, path)
+
+
+def load_model(path: Union[str, os.PathLike], map_location: str = "cpu") -> HybridModel:
+    """Load a model written by :func:`save_model`.
+
+    Uses ``torch.load(weights_only=True)``, so a model file cannot run code. Raises ValueError for a
+    file that is not a hybridpot model, is truncated/corrupt, or whose metadata disagree with its config.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"model file {path!r} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise ValueError(
+            f"{path!r} is not a readable hybridpot model file (corrupt, truncated, or a TorchScript "
+            f"archive — load those with torch.jit.load): {exc}"
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path!r} is not a hybridpot model file (no '{MODEL_FORMAT}' header)")
+    if payload.get("format_version") != MODEL_FORMAT_VERSION:
+        raise ValueError(
+            f"{path!r} has model format version {payload.get('format_version')}, this hybridpot reads {MODEL_FORMAT_VERSION}"
+        )
+    model = build_model(payload["config"])
+    meta = payload.get("metadata", {})
+    if meta.get("elements") != model.element_symbols() or abs(meta.get("cutoff_nm", -1) - model.cutoff) > 1e-12:
+        raise ValueError(
+            f"{path!r}: metadata (elements {meta.get('elements')}, cutoff {meta.get('cutoff_nm')}) disagree with "
+            f"its config (elements {model.element_symbols()}, cutoff {model.cutoff})"
+        )
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{path!r}: weights do not fit the model described by its config: {exc}") from exc
+    model.metadata = meta
+    return model

@@ -1,0 +1,108 @@
+"""Behler-Parrinello network: symmetry functions -> one MLP per element -> atomic energies."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import torch
+from torch import Tensor
+
+from hybridpot.nn.symmetry_functions import SymmetryFunctions, default_parameters
+
+ACTIVATIONS = {"silu": torch.nn.SiLU, "celu": torch.nn.CELU, "tanh": torch.nn.Tanh, "softplus": torch.nn.Softplus}
+
+
+def activation(name: str) -> torch.nn.Module:
+    """Smooth activation by name (smoothness matters: forces are derivatives of the network)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; known: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+class ElementNet(torch.nn.Module):
+    """MLP for one element: descriptors (M, D) -> (energies (M,), last hidden layer (M, H))."""
+
+    def __init__(self, n_in: int, hidden: List[int], act: str):
+        super().__init__()
+        layers: List[torch.nn.Module] = []
+        width = n_in
+        for h in hidden:
+            layers.append(torch.nn.Linear(width, h))
+            layers.append(activation(act))
+            width = h
+        self.body = torch.nn.Sequential(*layers)
+        self.head = torch.nn.Linear(width, 1)
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        h = self.body(x)
+        return self.head(h).squeeze(-1), h
+
+
+class BehlerParrinello(torch.nn.Module):
+    """Symmetry-function descriptors, standardised per element, fed to per-element networks.
+
+    Same interface as :class:`hybridpot.nn.painn.PaiNN`: ``forward(species, i, j, vectors,
+    distances) -> (atomic_energies (N,), features (N, n_features))``. Descriptor means and standard
+    deviations per element are buffers (saved with the model), set by :meth:`set_statistics`.
+    """
+
+    def __init__(
+        self,
+        n_species: int,
+        cutoff: float,
+        *,
+        n_radial: int = 16,
+        n_angular: int = 4,
+        angular_cutoff: float | None = None,
+        hidden: List[int] | None = None,
+        activation: str = "silu",
+        cutoff_function: str = "cosine",
+    ):
+        super().__init__()
+        hidden = [64, 64] if hidden is None else list(hidden)
+        params = default_parameters(cutoff, n_radial, angular_cutoff=angular_cutoff, n_angular=n_angular)
+        self.descriptor = SymmetryFunctions(n_species, cutoff, params, cutoff_function)
+        n_desc = self.descriptor.n_descriptors
+        self.nets = torch.nn.ModuleList([ElementNet(n_desc, hidden, activation) for _ in range(n_species)])
+        self.n_features = hidden[-1]
+        self.register_buffer("desc_mean", torch.zeros(n_species, n_desc))
+        self.register_buffer("desc_std", torch.ones(n_species, n_desc))
+
+    def descriptors(self, species: Tensor, i: Tensor, j: Tensor, vectors: Tensor, distances: Tensor) -> Tensor:
+        """Raw (unstandardised) descriptors, (N, n_descriptors)."""
+        return self.descriptor(species, i, j, vectors, distances)
+
+    @torch.jit.unused
+    def set_statistics(self, mean: Tensor, std: Tensor) -> None:
+        """Store per-element descriptor mean and std, each (n_species, n_descriptors)."""
+        self.desc_mean.copy_(mean)
+        self.desc_std.copy_(torch.clamp(std, min=1e-6))
+
+    def forward(self, species: Tensor, i: Tensor, j: Tensor, vectors: Tensor, distances: Tensor) -> Tuple[Tensor, Tensor]:
+        g = self.descriptor(species, i, j, vectors, distances)
+        g = (g - self.desc_mean[species].to(g.dtype)) / self.desc_std[species].to(g.dtype)
+        n_atoms = species.shape[0]
+        energies = torch.zeros(n_atoms, dtype=g.dtype, device=g.device)
+        features = torch.zeros(n_atoms, self.n_features, dtype=g.dtype, device=g.device)
+        for k, net in enumerate(self.nets):
+            idx = torch.nonzero(species == k).squeeze(-1)
+            if idx.numel() > 0:
+                e, h = net(g[idx])
+                energies = energies.index_put((idx,), e)
+                features = features.index_put((idx,), h)
+        return energies, features
+
+
+def descriptor_statistics(per_atom: List[Tuple[Tensor, Tensor]], n_species: int) -> Dict[str, Tensor]:
+    """Per-element mean/std of descriptors from a list of (species (N,), descriptors (N, D))."""
+    species = torch.cat([s for s, _ in per_atom])
+    desc = torch.cat([g for _, g in per_atom]).to(torch.float64)
+    mean = torch.zeros(n_species, desc.shape[1], dtype=torch.float64)
+    std = torch.ones(n_species, desc.shape[1], dtype=torch.float64)
+    for k in range(n_species):
+        sel = desc[species == k]
+        if sel.shape[0] > 0:
+            mean[k] = sel.mean(0)
+        if sel.shape[0] > 1:
+            std[k] = sel.std(0)
+    return {"mean": mean, "std": std}

@@ -1,0 +1,123 @@
+"""Neighbour pairs within a cutoff, for single frames and flat batches of frames.
+
+The pair search runs in `vesin-torch <https://github.com/Luthaf/vesin>`_ on detached coordinates: it
+only decides *which* pairs interact. Pair vectors are then recomputed inside the autograd graph,
+
+    r_ij = x_j - x_i + S_ij @ box,
+
+with the integer cell shifts ``S_ij`` (rows of ``box`` are the lattice vectors), so that gradients
+flow to positions and to the box, and higher derivatives (needed by force-matching training) work.
+
+Everything here is TorchScript-compatible.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+from vesin_torch import NeighborList
+
+
+def frame_neighbors(
+    positions: Tensor, cutoff: float, box: Optional[Tensor], full_list: bool = True
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Pairs within ``cutoff`` for one frame.
+
+    Parameters
+    ----------
+    positions: (N, 3) nm
+    cutoff: nm
+    box: (3, 3) nm with lattice vectors as rows, or None for an open (non-periodic) system
+    full_list: return both (i, j) and (j, i) when True, each unordered pair once when False
+
+    Returns
+    -------
+    i, j: (P,) int64 atom indices; shifts: (P, 3) integer cell shifts (as positions' dtype) such
+    that r_ij = x_j - x_i + shifts @ box.
+    """
+    calc = NeighborList(cutoff=cutoff, full_list=full_list)
+    points = positions.detach()
+    if box is None:
+        periodic = False
+        cell = torch.zeros((3, 3), dtype=points.dtype, device=points.device)
+    else:
+        periodic = True
+        cell = box.detach().to(points.dtype)
+    # vesin computes in float64 internally for float64 input; float32 is fine for selecting pairs,
+    # but we pass float64 so that pair selection does not depend on the model's dtype.
+    out = calc.compute(
+        points=points.to(torch.float64), box=cell.to(torch.float64), periodic=periodic, quantities="ijS"
+    )
+    i = out[0].to(torch.long)
+    j = out[1].to(torch.long)
+    shifts = out[2].to(positions.dtype)
+    return i, j, shifts
+
+
+def batch_neighbors(
+    positions: Tensor,
+    cutoff: float,
+    ptr: Tensor,
+    box: Optional[Tensor],
+    full_list: bool = True,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Pairs within ``cutoff`` for a flat batch of frames (atoms of frame b are ptr[b]:ptr[b+1]).
+
+    Parameters
+    ----------
+    positions: (N, 3) nm, all frames concatenated
+    ptr: (B + 1,) int64 frame boundaries
+    box: (B, 3, 3) nm, or None when no frame is periodic
+
+    Returns
+    -------
+    i, j (global atom indices) and shifts, as :func:`frame_neighbors`.
+    """
+    n_frames = ptr.shape[0] - 1
+    if n_frames == 1:
+        return frame_neighbors(positions, cutoff, None if box is None else box[0], full_list)
+    all_i: List[Tensor] = []
+    all_j: List[Tensor] = []
+    all_s: List[Tensor] = []
+    for b in range(n_frames):
+        start = int(ptr[b])
+        stop = int(ptr[b + 1])
+        frame_box: Optional[Tensor] = None
+        if box is not None:
+            frame_box = box[b]
+        i, j, s = frame_neighbors(positions[start:stop], cutoff, frame_box, full_list)
+        all_i.append(i + start)
+        all_j.append(j + start)
+        all_s.append(s)
+    return torch.cat(all_i), torch.cat(all_j), torch.cat(all_s)
+
+
+def pair_vectors(
+    positions: Tensor,
+    i: Tensor,
+    j: Tensor,
+    shifts: Tensor,
+    box: Optional[Tensor],
+    pair_frame: Optional[Tensor] = None,
+) -> Tensor:
+    """In-graph pair vectors r_ij = x_j - x_i + shifts @ box, shape (P, 3) nm.
+
+    ``box`` is (3, 3) for a single frame or (B, 3, 3) with ``pair_frame`` (P,) giving each pair's
+    frame for a batch.
+    """
+    vec = positions[j] - positions[i]
+    if box is not None:
+        if box.dim() == 2:
+            vec = vec + shifts @ box
+        else:
+            assert pair_frame is not None
+            vec = vec + torch.bmm(shifts.unsqueeze(1), box[pair_frame]).squeeze(1)
+    return vec
+
+
+def within_cutoff(i: Tensor, j: Tensor, shifts: Tensor, distances: Tensor, cutoff: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Keep only pairs with distance < ``cutoff`` (to take a shorter-range subset of a pair list)."""
+    keep = distances < cutoff
+    return i[keep], j[keep], shifts[keep], distances[keep]
