@@ -39,7 +39,26 @@ DEFAULT_MODEL_CONFIG: Dict[str, Any] = {
         "cutoff_function": "cosine",
         "activation": "silu",
     },
+    # geometry-dependent atomic charges from the short-range features, total charge conserved
+    "charges": {"enabled": False, "hidden": [32], "activation": "silu"},
+    # Coulomb energy of the predicted charges; needs charges.enabled
+    "electrostatics": {
+        "enabled": False,
+        "method": "auto",  # auto: direct for non-periodic models, pme for periodic ones; or ewald
+        "accuracy": 1e-5,
+        "charge_width": 0.05,  # nm, Gaussian charge width (erf damping); None for point charges
+        "cutoff": None,  # nm, real-space cutoff of Ewald/PME; None: chosen from the box
+    },
+    # DFT-D3(BJ) dispersion
+    "dispersion": {
+        "enabled": False,
+        "functional": "pbe",
+        "cutoff": None,  # nm; None: the dftd3 library's default (60 bohr)
+        "cn_cutoff": None,  # nm; None: 40 bohr
+        "taper_width": 0.0,  # nm; > 0 switches the energy off smoothly before the cutoff
+    },
 }
+ELECTROSTATICS_METHODS = ("auto", "direct", "ewald", "pme")
 
 
 def element_number(element: Union[str, int]) -> int:
@@ -92,6 +111,15 @@ def resolve_model_config(config: Dict[str, Any]) -> Dict[str, Any]:
         raise ValueError(f"unknown architecture {cfg['architecture']!r}; known: {', '.join(ARCHITECTURES)}")
     if cfg["dtype"] not in DTYPES:
         raise ValueError(f"unknown dtype {cfg['dtype']!r}; known: {', '.join(DTYPES)}")
+    if cfg["electrostatics"]["enabled"] and not cfg["charges"]["enabled"]:
+        raise ValueError("electrostatics.enabled needs charges.enabled: the Coulomb term uses the predicted charges")
+    method = cfg["electrostatics"]["method"]
+    if method not in ELECTROSTATICS_METHODS:
+        raise ValueError(f"unknown electrostatics method {method!r}; known: {', '.join(ELECTROSTATICS_METHODS)}")
+    if method == "direct" and cfg["periodic"]:
+        raise ValueError("electrostatics method 'direct' is for non-periodic models; use 'ewald' or 'pme'")
+    if method in ("ewald", "pme") and not cfg["periodic"]:
+        raise ValueError(f"electrostatics method {method!r} needs a periodic model (periodic: true)")
     refs = cfg["reference_energies"]
     if refs is not None:
         if not isinstance(refs, dict):

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from hybridpot.config import element_numbers, element_symbol, resolve_model_config
+from hybridpot.nn.charge_head import dipole_moment
 from hybridpot.physics.neighbors import batch_neighbors, frame_neighbors, pair_vectors
 
 MODEL_FORMAT = "hybridpot-model"
@@ -38,6 +39,41 @@ def _build_short_range(cfg: Dict[str, Any]) -> torch.nn.Module:
     from hybridpot.nn.painn import PaiNN
 
     return PaiNN(n_species, cfg["cutoff"], **cfg["painn"])
+
+
+def _build_charge_head(cfg: Dict[str, Any], n_features: int) -> Optional[torch.nn.Module]:
+    if not cfg["charges"]["enabled"]:
+        return None
+    from hybridpot.nn.charge_head import ChargeHead
+
+    c = cfg["charges"]
+    return ChargeHead(len(cfg["elements"]), n_features, list(c["hidden"]), c["activation"])
+
+
+def _build_electrostatics(cfg: Dict[str, Any]) -> Optional[torch.nn.Module]:
+    e = cfg["electrostatics"]
+    if not e["enabled"]:
+        return None
+    from hybridpot.physics.electrostatics import Electrostatics
+
+    method = e["method"]
+    if method == "auto":
+        method = "pme" if cfg["periodic"] else "direct"
+    return Electrostatics(method=method, accuracy=e["accuracy"], charge_width=e["charge_width"], cutoff=e["cutoff"])
+
+
+def _build_dispersion(cfg: Dict[str, Any], numbers: List[int]) -> Optional[torch.nn.Module]:
+    d = cfg["dispersion"]
+    if not d["enabled"]:
+        return None
+    from hybridpot.physics.dispersion import D3Dispersion
+
+    options: Dict[str, Any] = {"elements": numbers, "taper_width": float(d["taper_width"])}
+    if d["cutoff"] is not None:
+        options["cutoff"] = float(d["cutoff"])
+    if d["cn_cutoff"] is not None:
+        options["cn_cutoff"] = float(d["cn_cutoff"])
+    return D3Dispersion.from_functional(d["functional"], **options)
 
 
 class HybridModel(torch.nn.Module):
@@ -65,6 +101,9 @@ class HybridModel(torch.nn.Module):
         )
         self.register_buffer("energy_scale", torch.tensor(float(cfg["energy_scale"]), dtype=torch.float64))
         self.short_range = _build_short_range(cfg)
+        self.charge_head = _build_charge_head(cfg, self.short_range.n_features)
+        self.electrostatics = _build_electrostatics(cfg)
+        self.dispersion = _build_dispersion(cfg, numbers)
         self.to(_dtype(cfg["dtype"]))
 
     # ------------------------------------------------------------------ TorchScript path
@@ -75,6 +114,8 @@ class HybridModel(torch.nn.Module):
         box: Optional[Tensor],
         ptr: Tensor,
         total_charge: Tensor,
+        fragments: Optional[Tensor] = None,
+        fragment_charges: Optional[Tensor] = None,
     ) -> Dict[str, Tensor]:
         species = self.z_to_species[atomic_numbers]
         n_frames = ptr.shape[0] - 1
@@ -86,7 +127,28 @@ class HybridModel(torch.nn.Module):
         raw, features = self.short_range(species, i, j, vectors, distances)
         atomic = raw * self.energy_scale.to(raw.dtype) + self.reference_energies.to(raw.dtype)[species]
         e_mlp = torch.zeros(n_frames, dtype=atomic.dtype, device=atomic.device).index_add(0, batch, atomic)
-        return {"energy": e_mlp, "e_mlp": e_mlp, "atomic_energies": atomic, "features": features}
+        out: Dict[str, Tensor] = {"e_mlp": e_mlp, "atomic_energies": atomic, "features": features}
+        energy = e_mlp
+        charge_head = self.charge_head
+        if charge_head is not None:
+            if fragments is not None and fragment_charges is not None:
+                charges = charge_head(features, species, fragments, fragment_charges)
+            else:
+                charges = charge_head(features, species, batch, total_charge)
+            out["charges"] = charges
+            out["dipole"] = dipole_moment(positions, charges, batch, n_frames)
+            electrostatics = self.electrostatics
+            if electrostatics is not None:
+                e_elec = electrostatics(positions, charges, box, ptr)
+                out["e_elec"] = e_elec
+                energy = energy + e_elec
+        dispersion = self.dispersion
+        if dispersion is not None:
+            e_disp = dispersion(positions, atomic_numbers, box, ptr).to(energy.dtype)
+            out["e_disp"] = e_disp
+            energy = energy + e_disp
+        out["energy"] = energy
+        return out
 
     # ------------------------------------------------------------------ Python conveniences
     @property
@@ -137,6 +199,30 @@ class HybridModel(torch.nn.Module):
             raise ValueError(f"atoms on top of each other (closer than {MIN_DISTANCE} nm): index pairs {pairs}")
 
     @torch.jit.unused
+    def _fragments(
+        self, fragments: Optional[ArrayLike], charges: Optional[ArrayLike], n_atoms: int, total_charge: float
+    ) -> tuple:
+        if fragments is None and charges is None:
+            return None, None
+        if fragments is None or charges is None:
+            raise ValueError("pass both fragments (N,) and fragment_charges (G,), or neither")
+        device = self.reference_energies.device
+        frag = torch.as_tensor(np.asarray(fragments), dtype=torch.long, device=device)
+        frag_q = torch.as_tensor(np.asarray(charges, dtype=float), dtype=self.dtype, device=device)
+        if frag.shape != (n_atoms,):
+            raise ValueError(f"fragments must have shape ({n_atoms},), got {tuple(frag.shape)}")
+        if frag_q.dim() != 1 or int(frag.min()) < 0 or int(frag.max()) >= frag_q.shape[0]:
+            raise ValueError(
+                f"fragments must index fragment_charges (length {frag_q.numel()}), got indices "
+                f"{int(frag.min())}..{int(frag.max())}"
+            )
+        if abs(float(frag_q.sum()) - total_charge) > 1e-6:
+            raise ValueError(
+                f"fragment_charges sum to {float(frag_q.sum())} but total_charge is {total_charge}"
+            )
+        return frag, frag_q
+
+    @torch.jit.unused
     def compute(
         self,
         positions: ArrayLike,
@@ -144,6 +230,8 @@ class HybridModel(torch.nn.Module):
         box: Optional[ArrayLike] = None,
         total_charge: float = 0.0,
         *,
+        fragments: Optional[ArrayLike] = None,
+        fragment_charges: Optional[ArrayLike] = None,
         forces: bool = True,
     ) -> Dict[str, Any]:
         """Energy and forces of one frame.
@@ -154,11 +242,15 @@ class HybridModel(torch.nn.Module):
         atomic_numbers: (N,) int
         box: (3, 3) nm, lattice vectors as rows, or None for a non-periodic system
         total_charge: e
+        fragments: (N,) int, optional: the molecule/fragment (0..G-1) of each atom, e.g. the ions of an
+            ionic liquid; with ``fragment_charges`` (G,) e, the charge head conserves each fragment's
+            charge instead of only the total.
 
         Returns
         -------
         dict with "energy" (scalar tensor, kJ/mol), "forces" ((N, 3) kJ/mol/nm), "atomic_energies"
-        ((N,) kJ/mol) and "terms" ({"mlp": ...} kJ/mol), all detached.
+        ((N,) kJ/mol), "terms" ({"mlp", "elec", "disp"} as present, kJ/mol) and, for models with a
+        charge head, "charges" ((N,) e) and "dipole" ((3,) e nm), all detached.
         """
         device = self.reference_energies.device
         pos = torch.as_tensor(np.asarray(positions) if isinstance(positions, list) else positions)
@@ -169,13 +261,17 @@ class HybridModel(torch.nn.Module):
         pos.requires_grad_(forces)
         ptr = torch.tensor([0, pos.shape[0]], device=device)
         q = torch.tensor([float(total_charge)], dtype=self.dtype, device=device)
-        out = self.forward(pos, z, None if cell is None else cell.unsqueeze(0), ptr, q)
+        frag, frag_q = self._fragments(fragments, fragment_charges, pos.shape[0], float(total_charge))
+        out = self.forward(pos, z, None if cell is None else cell.unsqueeze(0), ptr, q, frag, frag_q)
         energy = out["energy"].sum()
         result: Dict[str, Any] = {
             "energy": energy.detach(),
             "atomic_energies": out["atomic_energies"].detach(),
             "terms": {k[2:]: v.detach().sum() for k, v in out.items() if k.startswith("e_")},
         }
+        if "charges" in out:
+            result["charges"] = out["charges"].detach()
+            result["dipole"] = out["dipole"].detach()[0]
         if forces:
             (grad,) = torch.autograd.grad(energy, pos)
             result["forces"] = -grad.detach()
