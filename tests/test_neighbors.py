@@ -1,0 +1,86 @@
+"""Neighbour lists (vesin-torch) against brute force, incl. triclinic cells and batches; cutoff functions."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from hybridpot.physics.cutoffs import cosine_cutoff, polynomial_cutoff
+from hybridpot.physics.neighbors import batch_neighbors, frame_neighbors, pair_vectors
+
+
+def brute_force_pairs(pos, box, cutoff):
+    pairs = set()
+    n = len(pos)
+    images = range(-3, 4) if box is not None else [0]
+    for a in range(n):
+        for b in range(n):
+            for s in itertools.product(images, repeat=3):
+                if a == b and s == (0, 0, 0):
+                    continue
+                shift = np.zeros(3) if box is None else np.array(s) @ box
+                if box is None and s != (0, 0, 0):
+                    continue
+                if np.linalg.norm(pos[b] - pos[a] + shift) < cutoff:
+                    pairs.add((a, b) + tuple(s))
+    return pairs
+
+
+TRICLINIC = np.array([[1.1, 0.0, 0.0], [0.35, 1.0, 0.0], [-0.2, 0.3, 0.9]])
+
+
+@pytest.mark.parametrize("box", [None, np.eye(3) * 1.0, TRICLINIC], ids=["open", "cubic", "triclinic"])
+def test_pairs_match_brute_force(box):
+    rng = np.random.default_rng(0)
+    pos = rng.uniform(0, 1.0, (25, 3))
+    if box is not None:
+        pos = rng.uniform(0, 1, (25, 3)) @ box
+    cutoff = 0.45
+    x = torch.tensor(pos)
+    cell = None if box is None else torch.tensor(box)
+    i, j, s = frame_neighbors(x, cutoff, cell)
+    found = {(a, b) + tuple(int(v) for v in sh) for a, b, sh in zip(i.tolist(), j.tolist(), s.round().long().tolist())}
+    assert found == brute_force_pairs(pos, box, cutoff)
+    d = torch.linalg.norm(pair_vectors(x, i, j, s, cell), dim=1)
+    assert float(d.max()) < cutoff
+
+
+def test_gradients_flow_to_positions_and_box():
+    pos = torch.tensor([[0.05, 0.05, 0.05], [0.95, 0.05, 0.05]], dtype=torch.float64, requires_grad=True)
+    box = torch.eye(3, dtype=torch.float64, requires_grad=True)
+    i, j, s = frame_neighbors(pos, 0.3, box)
+    d = torch.linalg.norm(pair_vectors(pos, i, j, s, box), dim=1)
+    # the pair is 0.1 nm apart through the periodic boundary, listed once in each direction
+    assert torch.allclose(d, torch.full_like(d, 0.1))
+    gpos, gbox = torch.autograd.grad(d.sum(), (pos, box))
+    # d = |x1 - x0 - L| = L - (x1 - x0): dd/dx0 = +1, dd/dx1 = -1, dd/dL = +1, for each of the 2 pairs
+    assert torch.allclose(gpos[:, 0], torch.tensor([2.0, -2.0], dtype=torch.float64))
+    assert float(gbox[0, 0]) == pytest.approx(2.0, rel=1e-12)
+
+
+def test_batch_offsets_and_frames_do_not_interact():
+    rng = np.random.default_rng(1)
+    a = torch.tensor(rng.uniform(0, 0.5, (6, 3)))
+    b = a.clone()  # identical second frame, overlapping in space with the first
+    pos = torch.cat([a, b])
+    ptr = torch.tensor([0, 6, 12])
+    i, j, _ = batch_neighbors(pos, 0.3, ptr, None)
+    i1, j1, _ = frame_neighbors(a, 0.3, None)
+    assert len(i) == 2 * len(i1)
+    assert bool(((i < 6) == (j < 6)).all()), "a pair crosses two frames"
+
+
+def test_cutoff_functions_value_and_slope_vanish():
+    rc = 0.5
+    r = torch.tensor([0.0, rc - 1e-9, rc, rc + 0.1], dtype=torch.float64, requires_grad=True)
+    for fn in (cosine_cutoff, polynomial_cutoff):
+        f = fn(r, rc)
+        (df,) = torch.autograd.grad(f.sum(), r)
+        assert float(f[0]) == 1.0
+        assert abs(float(f[1])) < 1e-12 and abs(float(f[2])) < 1e-15 and float(f[3]) == 0.0
+        assert abs(float(df[1])) < 1e-7 and abs(float(df[2])) < 1e-12 and float(df[3]) == 0.0
+    # the analytic forms
+    x = torch.tensor(0.3, dtype=torch.float64)
+    assert float(cosine_cutoff(x, rc)) == pytest.approx(0.5 * (np.cos(np.pi * 0.6) + 1))
+    assert float(polynomial_cutoff(x, rc)) == pytest.approx(1 - 10 * 0.6**3 + 15 * 0.6**4 - 6 * 0.6**5)
