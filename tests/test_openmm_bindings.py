@@ -1,0 +1,76 @@
+"""TorchForce and PythonForce backends give model.compute's energy and forces inside an OpenMM Context."""
+
+import numpy as np
+import openmm
+import pytest
+import torch
+
+import hybridpot
+from hybridpot.openmm.bindings import make_force
+from physics_checks import jittered_box, random_molecule
+
+KJ = openmm.unit.kilojoule_per_mole
+NM = openmm.unit.nanometer
+
+
+def context_energy_forces(force, pos, box=None, platform="Reference"):
+    system = openmm.System()
+    for _ in range(len(pos)):
+        system.addParticle(12.0)
+    if box is not None:
+        system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box])
+    system.addForce(force)
+    ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName(platform))
+    ctx.setPositions(pos)
+    if box is not None:
+        ctx.setPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box])
+    state = ctx.getState(getEnergy=True, getForces=True)
+    return state.getPotentialEnergy().value_in_unit(KJ), state.getForces(asNumpy=True).value_in_unit(KJ / NM)
+
+
+def hybrid(periodic):
+    torch.manual_seed(0)
+    return hybridpot.build_model(
+        {
+            "elements": ["H", "C", "O"],
+            "dtype": "float64",
+            "periodic": periodic,
+            "energy_scale": 10.0,
+            "behler_parrinello": {"hidden": [16]},
+            "charges": {"enabled": True, "hidden": [8]},
+            "electrostatics": {"enabled": True, "accuracy": 1e-6},
+            "dispersion": {"enabled": True, "cutoff": 1.0, "cn_cutoff": 0.8},
+        }
+    )
+
+
+@pytest.mark.parametrize("platform", ["Reference", "CPU"])
+@pytest.mark.parametrize("backend", ["torchforce", "pythonforce"])
+def test_backends_match_compute(backend, platform):
+    model = hybrid(periodic=False)
+    pos = random_molecule(8, seed=1, min_distance=0.11, extent=0.4)
+    z = np.array([6, 6, 8, 1, 1, 1, 1, 1])
+    ref = model.compute(pos, z, total_charge=1.0)
+    force, used = make_force(model, z, 1.0, backend=backend, verbose=False)
+    assert used == backend
+    energy, forces = context_energy_forces(force, pos, platform=platform)
+    assert energy == pytest.approx(float(ref["energy"]), rel=1e-5)
+    rel = np.sqrt(((forces - ref["forces"].numpy()) ** 2).mean() / (ref["forces"].numpy() ** 2).mean())
+    assert rel < 1e-5
+
+
+@pytest.mark.parametrize("backend", ["torchforce", "pythonforce"])
+def test_periodic_backends_match_compute_with_pme_and_d3(backend):
+    model = hybrid(periodic=True)
+    pos, box = jittered_box(3, 0.33, seed=2)
+    z = np.random.default_rng(2).choice([1, 6, 8], size=len(pos))
+    ref = model.compute(pos, z, box=box)
+    force, _ = make_force(model, z, backend=backend, verbose=False)
+    energy, forces = context_energy_forces(force, pos, box)
+    assert energy == pytest.approx(float(ref["energy"]), rel=1e-5)
+    np.testing.assert_allclose(forces, ref["forces"].numpy(), rtol=1e-5, atol=1e-5 * np.abs(forces).max())
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="unknown backend 'jax'; known: auto, torchforce, pythonforce"):
+        make_force(hybrid(False), [1, 1], backend="jax")
