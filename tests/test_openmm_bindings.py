@@ -74,3 +74,51 @@ def test_periodic_backends_match_compute_with_pme_and_d3(backend):
 def test_unknown_backend():
     with pytest.raises(ValueError, match="unknown backend 'jax'; known: auto, torchforce, pythonforce"):
         make_force(hybrid(False), [1, 1], backend="jax")
+
+
+def water_topology():
+    """A small periodic water box topology and positions (nm) from OpenMM's own tools."""
+    from openmm import app, unit
+
+    modeller = app.Modeller(app.Topology(), [])
+    ff = app.ForceField("amber14/tip3p.xml")
+    modeller.addSolvent(ff, boxSize=openmm.Vec3(1.0, 1.0, 1.0) * unit.nanometer)
+    return modeller.topology, np.array(modeller.positions.value_in_unit(unit.nanometer))
+
+
+@pytest.mark.parametrize("backend", ["torchforce", "pythonforce"])
+def test_create_system_from_topology(backend):
+    from hybridpot.openmm import create_system
+
+    torch.manual_seed(0)
+    model = hybridpot.build_model(
+        {"elements": ["H", "O"], "dtype": "float64", "periodic": True, "behler_parrinello": {"hidden": [8]}}
+    )
+    topology, pos = water_topology()
+    system = create_system(model, topology, backend=backend, verbose=False)
+    assert system.getNumParticles() == topology.getNumAtoms()
+    assert system.getParticleMass(0).value_in_unit(openmm.unit.dalton) == pytest.approx(15.999, abs=0.01)
+    box = np.array(topology.getPeriodicBoxVectors().value_in_unit(NM))
+    ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    ctx.setPositions(pos)
+    energy = ctx.getState(getEnergy=True).getPotentialEnergy().value_in_unit(KJ)
+    z = [a.element.atomic_number for a in topology.atoms()]
+    assert energy == pytest.approx(float(model.compute(pos, z, box=box)["energy"]), rel=1e-6)
+
+
+def test_create_system_errors():
+    from hybridpot.openmm import create_system
+
+    topology, _ = water_topology()
+    only_h = hybridpot.build_model({"elements": ["H"], "periodic": True})
+    with pytest.raises(ValueError, match=r"elements \['O'\] that the model was not trained for"):
+        create_system(only_h, topology)
+    open_model = hybridpot.build_model({"elements": ["H", "O"]})
+    with pytest.raises(ValueError, match="the model is non-periodic but the topology is periodic"):
+        create_system(open_model, topology)
+    topology.setPeriodicBoxVectors(None)
+    periodic_model = hybridpot.build_model({"elements": ["H", "O"], "periodic": True})
+    with pytest.raises(ValueError, match="the model is periodic but the topology has no periodic box"):
+        create_system(periodic_model, topology)
+    with pytest.raises(ValueError, match="molecule_charges has 2 entries but the topology has"):
+        create_system(open_model, topology, molecule_charges=[1.0, -1.0], verbose=False)

@@ -1,5 +1,16 @@
-"""OpenMM integration: openmm-torch loading, System builders and reporters."""
+"""OpenMM integration: openmm-torch loading, force bindings and System builders."""
 
+from hybridpot.openmm.bindings import OpenMMModule, make_force, make_pythonforce, make_torchforce
+from hybridpot.openmm.system import create_system
 from hybridpot.openmm.torchforce_loader import TorchForceStatus, load_openmm_torch, require_torchforce
 
-__all__ = ["TorchForceStatus", "load_openmm_torch", "require_torchforce"]
+__all__ = [
+    "OpenMMModule",
+    "TorchForceStatus",
+    "create_system",
+    "load_openmm_torch",
+    "make_force",
+    "make_pythonforce",
+    "make_torchforce",
+    "require_torchforce",
+]
