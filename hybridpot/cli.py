@@ -61,6 +61,75 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return run_quickstart(output=args.output, steps=args.steps)
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hybridpot.train import load_train_config, train
+
+    config = load_train_config(args.config)
+    if args.max_epochs is not None:
+        config["training"]["epochs"] = args.max_epochs
+    if args.time_budget is not None:
+        config["training"]["time_budget"] = args.time_budget
+    output = args.output or str(Path("runs") / Path(args.config).stem)
+    try:
+        result = train(config, output, resume=args.resume)
+    except KeyboardInterrupt:
+        return 130
+    print(f"{result.stopped} after {result.epochs} epochs ({result.elapsed_s / 60:.1f} min); "
+          f"best epoch {result.best_epoch}: validation force MAE {result.best_val_forces_mae:.2f} kJ/mol/nm")
+    if result.stopped == "interrupted":
+        return 130
+    for name, metrics in (("validation", result.val_metrics), ("test", result.test_metrics)):
+        if metrics:
+            print(f"{name}: energy MAE {metrics['energy_per_atom']['mae']:.4f} kJ/mol/atom, "
+                  f"force MAE {metrics['forces']['mae']:.2f} kJ/mol/nm")
+    print(f"model: {result.model_path}; metrics, plots and checkpoint in {result.output_dir}/")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import hybridpot
+    from hybridpot.data import read_dataset
+    from hybridpot.train.evaluate import evaluate_model, write_evaluation
+    from hybridpot.train.plots import plot_parity
+
+    model = hybridpot.load_model(args.model)
+    options = {"energy_unit": args.energy_unit, "length_unit": args.length_unit}
+    if args.force_unit:
+        options["force_unit"] = args.force_unit
+    frames = read_dataset(args.data, **options)
+    result = evaluate_model(model, frames, batch_size=args.batch_size)
+    print(f"{args.model} on {args.data}: {result.n_frames} frames, {result.n_atoms} atoms "
+          f"(energy offset b = {result.energy_offset:.4f} kJ/mol)")
+    print(result.table())
+    output = Path(args.output) if args.output else Path(args.model).resolve().parent
+    output.mkdir(parents=True, exist_ok=True)
+    stem = Path(args.data).stem
+    json_path, png_path = output / f"eval_{stem}.json", output / f"eval_{stem}_parity.png"
+    write_evaluation(result, json_path, model=str(args.model), data=str(args.data))
+    plot_parity(result.arrays, png_path, f"{Path(args.model).name} on {Path(args.data).name}", result.metrics)
+    print(f"wrote {json_path} and {png_path}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import hybridpot
+    from hybridpot.train.export import export_torchscript, structure_atomic_numbers
+
+    model = hybridpot.load_model(args.model)
+    numbers = structure_atomic_numbers(args.pdb or args.xyz)
+    path = export_torchscript(model, numbers, args.output, total_charge=args.total_charge)
+    print(f"wrote {path}: TorchScript for openmm-torch TorchForce, {len(numbers)} atoms, "
+          f"total charge {args.total_charge:g} e; positions in nm, energy in kJ/mol")
+    if model.periodic:
+        print("periodic model: call force.setUsesPeriodicBoundaryConditions(True) on the TorchForce")
+    print("note: TorchScript archives are code; load only archives you trust")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hybridpot", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -90,6 +159,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="quickstart_out", help="output folder (default: quickstart_out)")
     p.add_argument("--steps", type=int, default=200, help="MD steps (default: 200)")
     p.set_defaults(func=_cmd_quickstart)
+
+    p = sub.add_parser(
+        "train",
+        help="train a model from a YAML config (sections data, model, training)",
+        description="Train by force matching as configured in CONFIG (see hybridpot.train.DEFAULT_TRAIN_CONFIG "
+        "and examples/*.yaml). The run folder gets model.pt (best EMA weights), checkpoint.pt, metrics.csv and "
+        "plots. Ctrl-C saves a checkpoint; --resume continues exactly where it stopped.",
+    )
+    p.add_argument("config", help="YAML training config")
+    p.add_argument("--output", help="run folder (default: runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint.pt")
+    p.add_argument("--max-epochs", type=int, help="override training.epochs")
+    p.add_argument("--time-budget", type=float, metavar="MIN", help="override training.time_budget (minutes, this run)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="errors of a model on a data file (table, JSON, parity plot)",
+        description="MAE and RMSE of energies (total and per atom), forces (all and per element), and charges/"
+        "dipoles when present. Writes eval_<data>.json and eval_<data>_parity.png.",
+    )
+    p.add_argument("model", help="model file written by training (model.pt)")
+    p.add_argument("data", help="data file (.xyz/.extxyz, .npz, .h5/.hdf5)")
+    p.add_argument("--energy-unit", default="kJ/mol", help="energy unit of the file (kJ/mol, kcal/mol, eV, hartree)")
+    p.add_argument("--length-unit", default="nm", help="length unit of the file (nm, angstrom, bohr)")
+    p.add_argument("--force-unit", help="force unit of the file (default: energy unit / length unit)")
+    p.add_argument("--batch-size", type=int, default=64, help="frames per batch (default: 64)")
+    p.add_argument("--output", help="folder for the JSON and PNG (default: the model's folder)")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "export",
+        help="TorchScript file for openmm-torch's TorchForce",
+        description="Script MODEL for one system (atomic numbers from --pdb or --xyz) into a file that "
+        "openmmtorch.TorchForce(path) loads. TorchScript archives are code: load only archives you trust.",
+    )
+    p.add_argument("model", help="model file (model.pt)")
+    structure = p.add_mutually_exclusive_group(required=True)
+    structure.add_argument("--pdb", help="PDB file of the system (atom order = OpenMM particle order)")
+    structure.add_argument("--xyz", help="XYZ/extXYZ file of the system (first frame)")
+    p.add_argument("-o", "--output", default="model_torchscript.pt", help="output file (default: model_torchscript.pt)")
+    p.add_argument("--total-charge", type=float, default=0.0, help="total charge of the system in e (default: 0)")
+    p.set_defaults(func=_cmd_export)
     return parser
 
 

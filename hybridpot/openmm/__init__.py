@@ -1,6 +1,7 @@
 """OpenMM integration: openmm-torch loading, force bindings and System builders."""
 
-from hybridpot.openmm.bindings import OpenMMModule, make_force, make_pythonforce, make_torchforce
+from hybridpot.openmm.bindings import OpenMMModule, force_from_module, make_force, make_torchforce
+from hybridpot.openmm.mixed import create_mixed_system
 from hybridpot.openmm.system import create_system
 from hybridpot.openmm.torchforce_loader import TorchForceStatus, load_openmm_torch, require_torchforce
 
@@ -10,7 +11,8 @@ __all__ = [
     "create_system",
     "load_openmm_torch",
     "make_force",
-    "make_pythonforce",
+    "force_from_module",
+    "create_mixed_system",
     "make_torchforce",
     "require_torchforce",
 ]

@@ -60,23 +60,36 @@ class OpenMMModule(torch.nn.Module):
         return out["energy"].sum().to(torch.float64)
 
 
-def make_torchforce(model: HybridModel, atomic_numbers: Sequence[int], total_charge: float = 0.0, **fragments):
-    """An ``openmmtorch.TorchForce`` evaluating ``model`` for these atoms (periodic flag from the model).
+def force_from_module(module: torch.nn.Module, periodic: bool, *, backend: str = "auto", verbose: bool = True):
+    """Wrap ``module`` (forward(positions[, box]) -> energy) in a TorchForce or a PythonForce.
 
-    The module is scripted in memory; no file is written. Raises RuntimeError with the reason when
-    openmm-torch cannot be loaded.
+    ``backend``: "torchforce" (the module is scripted in memory; no file is written), "pythonforce"
+    (evaluated eagerly in Python, any torch build), or "auto" (TorchForce when openmm-torch loads).
+    Returns (force, backend_used). "torchforce" raises RuntimeError with the reason when openmm-torch
+    cannot be loaded.
     """
-    openmmtorch = require_torchforce()
-    module = torch.jit.script(OpenMMModule(model, atomic_numbers, total_charge, **fragments))
-    force = openmmtorch.TorchForce(module)
-    force.setUsesPeriodicBoundaryConditions(bool(model.periodic))
-    return force
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    if backend == "auto":
+        status = load_openmm_torch()
+        backend = "torchforce" if status.available else "pythonforce"
+        if verbose:
+            why = "" if status.available else f" (TorchForce unavailable: {status.reason})"
+            print(f"hybridpot: using the {backend} backend{why}")
+    if backend == "torchforce":
+        force = require_torchforce().TorchForce(torch.jit.script(module))
+    else:
+        import openmm
+
+        force = openmm.PythonForce(_PythonComputation(module, periodic))
+    force.setUsesPeriodicBoundaryConditions(bool(periodic))
+    return force, backend
 
 
 class _PythonComputation:
     """Callable for ``openmm.PythonForce``: State -> (energy kJ/mol, forces (N, 3) kJ/mol/nm)."""
 
-    def __init__(self, module: OpenMMModule, periodic: bool):
+    def __init__(self, module: torch.nn.Module, periodic: bool):
         self.module = module
         self.periodic = periodic
 
@@ -93,16 +106,6 @@ class _PythonComputation:
         return float(energy.detach()), -grad.numpy()
 
 
-def make_pythonforce(model: HybridModel, atomic_numbers: Sequence[int], total_charge: float = 0.0, **fragments):
-    """An ``openmm.PythonForce`` evaluating ``model`` in Python (any torch build; eager or compiled)."""
-    import openmm
-
-    module = OpenMMModule(model, atomic_numbers, total_charge, **fragments)
-    force = openmm.PythonForce(_PythonComputation(module, bool(model.periodic)))
-    force.setUsesPeriodicBoundaryConditions(bool(model.periodic))
-    return force
-
-
 def make_force(
     model: HybridModel,
     atomic_numbers: Sequence[int],
@@ -110,20 +113,17 @@ def make_force(
     *,
     backend: str = "auto",
     verbose: bool = True,
-    **fragments,
+    fragments: Optional[Sequence[int]] = None,
+    fragment_charges: Optional[Sequence[float]] = None,
 ):
-    """TorchForce or PythonForce for ``model``; ``backend="auto"`` picks TorchForce when it loads.
+    """TorchForce or PythonForce evaluating ``model`` for these atoms; see :func:`force_from_module`.
 
     Returns (force, backend_used).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
-    if backend == "auto":
-        status = load_openmm_torch()
-        backend = "torchforce" if status.available else "pythonforce"
-        if verbose:
-            why = "" if status.available else f" (TorchForce unavailable: {status.reason})"
-            print(f"hybridpot: using the {backend} backend{why}")
-    if backend == "torchforce":
-        return make_torchforce(model, atomic_numbers, total_charge, **fragments), backend
-    return make_pythonforce(model, atomic_numbers, total_charge, **fragments), backend
+    module = OpenMMModule(model, atomic_numbers, total_charge, fragments, fragment_charges)
+    return force_from_module(module, model.periodic, backend=backend, verbose=verbose)
+
+
+def make_torchforce(model: HybridModel, atomic_numbers: Sequence[int], total_charge: float = 0.0):
+    """An ``openmmtorch.TorchForce`` evaluating ``model`` (RuntimeError with the reason if unavailable)."""
+    return make_force(model, atomic_numbers, total_charge, backend="torchforce", verbose=False)[0]

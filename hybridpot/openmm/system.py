@@ -103,6 +103,8 @@ def create_system(
         fragments = {"fragments": frag, "fragment_charges": frag_q}
         if total_charge is None:
             total_charge = float(frag_q.sum())
-    force, _ = make_force(model, numbers, float(total_charge or 0.0), backend=backend, verbose=verbose, **fragments)
+    force, _ = make_force(
+        model, numbers, float(total_charge or 0.0), backend=backend, verbose=verbose, **fragments
+    )
     system.addForce(force)
     return system

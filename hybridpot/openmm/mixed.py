@@ -1,0 +1,251 @@
+"""ML/MM: an ML region described by hybridpot inside a classical (MM) OpenMM System.
+
+``create_mixed_system`` copies the MM System and
+
+1. zeroes the bonded MM terms (bonds, angles, torsions, CMAP) whose atoms all lie in the ML region;
+2. removes ML-ML nonbonded interactions (Lennard-Jones and Coulomb) with exceptions, keeping ML-MM
+   Lennard-Jones;
+3. adds one force for the ML region: the hybridpot model (E_MLP + E_elec + E_disp of the ML atoms) and,
+   with electrostatic embedding, the ML-MM Coulomb interaction.
+
+Embeddings:
+
+- ``"mechanical"``: ML atoms keep their MM charges, so ML-MM Coulomb comes from the MM force field.
+- ``"electrostatic"``: ML atoms' MM charges are set to zero and the ML-MM Coulomb energy is computed
+  in the torch graph with the model's geometry-dependent charges q_i(R) against the MM point charges,
+  by PME with the MM NonbondedForce's cutoff and error tolerance. Coulomb energy is bilinear in the
+  charges, so with a = ML charges and b = MM charges placed on all atoms,
+  E_cross = (E(a + b) - E(a - b)) / 2, which contains neither ML-ML nor MM-MM terms (no double
+  counting). Forces include dq/dR; the energy is conservative.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional, Sequence
+
+import numpy as np
+import openmm
+import openmm.app
+import torch
+from torch import Tensor
+
+from hybridpot.model import HybridModel
+from hybridpot.openmm.bindings import BACKENDS, force_from_module
+from hybridpot.openmm.system import fragment_assignment, topology_atomic_numbers
+from hybridpot.physics.electrostatics import Electrostatics
+
+EMBEDDINGS = ("mechanical", "electrostatic")
+
+
+class MLRegionModule(torch.nn.Module):
+    """forward(positions (N_all, 3) nm [, box]) -> energy of the ML region (+ ML-MM Coulomb), kJ/mol."""
+
+    def __init__(
+        self,
+        model: HybridModel,
+        ml_atoms: Sequence[int],
+        atomic_numbers: Sequence[int],
+        total_charge: float,
+        fragments: Optional[np.ndarray],
+        fragment_charges: Optional[np.ndarray],
+        mm_charges: Optional[np.ndarray],
+        embedding: Optional[Electrostatics],
+    ):
+        super().__init__()
+        self.model = model
+        dtype = model.dtype
+        self.register_buffer("ml_atoms", torch.as_tensor(np.asarray(ml_atoms), dtype=torch.long))
+        self.register_buffer("atomic_numbers", torch.as_tensor(np.asarray(atomic_numbers), dtype=torch.long))
+        self.register_buffer("ptr", torch.tensor([0, len(ml_atoms)], dtype=torch.long))
+        self.register_buffer("total_charge", torch.tensor([float(total_charge)], dtype=dtype))
+        frag, frag_q = model._fragments(fragments, fragment_charges, len(ml_atoms), float(total_charge))
+        self.has_fragments = frag is not None
+        self.register_buffer("fragments", frag if frag is not None else torch.zeros(0, dtype=torch.long))
+        self.register_buffer("fragment_charges", frag_q if frag_q is not None else torch.zeros(0, dtype=dtype))
+        self.embedding = embedding
+        n_all = 0 if mm_charges is None else len(mm_charges)
+        self.register_buffer(
+            "mm_charges", torch.as_tensor(mm_charges if mm_charges is not None else np.zeros(0), dtype=dtype)
+        )
+        self.register_buffer("all_ptr", torch.tensor([0, n_all], dtype=torch.long))
+
+    def forward(self, positions: Tensor, box: Optional[Tensor] = None) -> Tensor:
+        dtype = self.total_charge.dtype
+        pos = positions.to(dtype)
+        cell: Optional[Tensor] = None
+        if box is not None:
+            cell = box.to(dtype).unsqueeze(0)
+        frag: Optional[Tensor] = None
+        frag_q: Optional[Tensor] = None
+        if self.has_fragments:
+            frag = self.fragments
+            frag_q = self.fragment_charges
+        ml_pos = pos[self.ml_atoms]
+        out = self.model(ml_pos, self.atomic_numbers, cell, self.ptr, self.total_charge, frag, frag_q)
+        energy = out["energy"].sum()
+        embedding = self.embedding
+        if embedding is not None:
+            ml_q = torch.zeros_like(self.mm_charges).index_put((self.ml_atoms,), out["charges"])
+            plus = embedding(pos, self.mm_charges + ml_q, cell, self.all_ptr)
+            minus = embedding(pos, self.mm_charges - ml_q, cell, self.all_ptr)
+            energy = energy + 0.5 * (plus - minus).sum()
+        return energy.to(torch.float64)
+
+
+def _zero_ml_bonded_terms(system: openmm.System, ml: set) -> None:
+    for force in system.getForces():
+        if isinstance(force, openmm.HarmonicBondForce):
+            for k in range(force.getNumBonds()):
+                i, j, length, _ = force.getBondParameters(k)
+                if i in ml and j in ml:
+                    force.setBondParameters(k, i, j, length, 0.0)
+        elif isinstance(force, openmm.HarmonicAngleForce):
+            for k in range(force.getNumAngles()):
+                i, j, m, angle, _ = force.getAngleParameters(k)
+                if {i, j, m} <= ml:
+                    force.setAngleParameters(k, i, j, m, angle, 0.0)
+        elif isinstance(force, openmm.PeriodicTorsionForce):
+            for k in range(force.getNumTorsions()):
+                i, j, m, n, period, phase, _ = force.getTorsionParameters(k)
+                if {i, j, m, n} <= ml:
+                    force.setTorsionParameters(k, i, j, m, n, period, phase, 0.0)
+        elif isinstance(force, openmm.RBTorsionForce):
+            for k in range(force.getNumTorsions()):
+                params = force.getTorsionParameters(k)
+                if set(params[:4]) <= ml:
+                    force.setTorsionParameters(k, *params[:4], *([0.0] * 6))
+        elif isinstance(force, openmm.CMAPTorsionForce):
+            _drop_ml_cmaps(system, force, ml)
+
+
+def _drop_ml_cmaps(system: openmm.System, force: openmm.CMAPTorsionForce, ml: set) -> None:
+    """CMAP terms cannot be zeroed in place: rebuild the force without those inside the ML region."""
+    rebuilt = openmm.CMAPTorsionForce()
+    for m in range(force.getNumMaps()):
+        size, energy = force.getMapParameters(m)
+        rebuilt.addMap(size, energy)
+    for k in range(force.getNumTorsions()):
+        params = force.getTorsionParameters(k)
+        if not set(params[1:9]) <= ml:
+            rebuilt.addTorsion(*params)
+    rebuilt.setForceGroup(force.getForceGroup())
+    for index, f in enumerate(system.getForces()):
+        if f is force or f.this == force.this:
+            system.removeForce(index)
+            system.addForce(rebuilt)
+            return
+
+
+def _nonbonded(system: openmm.System) -> Optional[openmm.NonbondedForce]:
+    found = [f for f in system.getForces() if isinstance(f, openmm.NonbondedForce)]
+    if len(found) > 1:
+        raise ValueError("the MM system has more than one NonbondedForce")
+    return found[0] if found else None
+
+
+def create_mixed_system(
+    model: HybridModel,
+    topology: openmm.app.Topology,
+    mm_system: openmm.System,
+    ml_atoms: Sequence[int],
+    *,
+    embedding: str = "mechanical",
+    backend: str = "auto",
+    total_charge: Optional[float] = None,
+    molecule_charges=None,
+    verbose: bool = True,
+) -> openmm.System:
+    """A copy of ``mm_system`` in which hybridpot describes the atoms ``ml_atoms``.
+
+    Parameters
+    ----------
+    model: HybridModel; periodic exactly when ``mm_system`` is (its box is passed to the model)
+    topology: the full system's topology (elements of the ML atoms are checked against the model)
+    mm_system: the classical System, e.g. from ``ForceField.createSystem`` (one NonbondedForce)
+    ml_atoms: indices of the ML region
+    embedding: "mechanical" or "electrostatic" (needs a model with a charge head and, for periodic
+        systems, an MM NonbondedForce with PME)
+    total_charge / molecule_charges: charge of the ML region, or one charge per residue of the ML region
+    """
+    if embedding not in EMBEDDINGS:
+        raise ValueError(f"unknown embedding {embedding!r}; known: {', '.join(EMBEDDINGS)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    n_all = mm_system.getNumParticles()
+    if topology.getNumAtoms() != n_all:
+        raise ValueError(f"topology has {topology.getNumAtoms()} atoms but mm_system has {n_all} particles")
+    atoms = [int(a) for a in ml_atoms]
+    bad = [a for a in atoms if not 0 <= a < n_all]
+    if bad:
+        raise ValueError(f"ml_atoms indices {bad[:10]} are out of range for a system of {n_all} atoms")
+    if len(set(atoms)) != len(atoms) or not atoms:
+        raise ValueError("ml_atoms must be a non-empty list of distinct atom indices")
+    if model.periodic != mm_system.usesPeriodicBoundaryConditions():
+        kind = "periodic" if mm_system.usesPeriodicBoundaryConditions() else "non-periodic"
+        raise ValueError(f"the MM system is {kind} but the model is {'periodic' if model.periodic else 'not'}")
+    numbers = _ml_atomic_numbers(model, topology, atoms)
+    if embedding == "electrostatic" and model.charge_head is None:
+        raise ValueError("electrostatic embedding needs a model with a charge head (charges.enabled)")
+
+    system = copy.deepcopy(mm_system)
+    ml = set(atoms)
+    _zero_ml_bonded_terms(system, ml)
+    nb = _nonbonded(system)
+    mm_charges = None
+    electrostatics = None
+    if nb is not None:
+        for a, i in enumerate(atoms):
+            for j in atoms[a + 1 :]:
+                nb.addException(i, j, 0.0, 1.0, 0.0, True)
+        if embedding == "electrostatic":
+            mm_charges = np.zeros(n_all)
+            for i in range(n_all):
+                q, sigma, eps = nb.getParticleParameters(i)
+                if i in ml:
+                    nb.setParticleParameters(i, 0.0, sigma, eps)
+                else:
+                    mm_charges[i] = q.value_in_unit(openmm.unit.elementary_charge)
+            for k in range(nb.getNumExceptions()):
+                i, j, qq, sigma, eps = nb.getExceptionParameters(k)
+                if (i in ml) != (j in ml):  # covalent ML-MM boundary: its MM charge product goes too
+                    nb.setExceptionParameters(k, i, j, 0.0, sigma, eps)
+            electrostatics = _embedding_electrostatics(nb, model)
+    fragments = frag_q = None
+    if molecule_charges is not None:
+        all_frag, all_q = fragment_assignment(topology, molecule_charges)
+        sub = all_frag[atoms]
+        used = np.unique(sub)
+        remap = {f: k for k, f in enumerate(used)}
+        fragments = np.array([remap[f] for f in sub])
+        frag_q = all_q[used]
+        if total_charge is None:
+            total_charge = float(frag_q.sum())
+    module = MLRegionModule(
+        model, atoms, numbers, float(total_charge or 0.0), fragments, frag_q, mm_charges, electrostatics
+    )
+    system.addForce(force_from_module(module, model.periodic, backend=backend, verbose=verbose)[0])
+    return system
+
+
+def _ml_atomic_numbers(model: HybridModel, topology, atoms) -> np.ndarray:
+    # periodicity is checked against the MM System, which is what OpenMM simulates
+    numbers = topology_atomic_numbers(topology)[atoms]
+    missing = sorted({int(z) for z in numbers} - set(model.elements))
+    if missing:
+        symbols = [openmm.app.Element.getByAtomicNumber(z).symbol for z in missing]
+        raise ValueError(f"the ML region contains elements {symbols} that the model was not trained for")
+    return numbers
+
+
+def _embedding_electrostatics(nb: openmm.NonbondedForce, model: HybridModel) -> Electrostatics:
+    method = nb.getNonbondedMethod()
+    if method == openmm.NonbondedForce.NoCutoff:
+        return Electrostatics(method="direct").to(model.dtype)
+    if method in (openmm.NonbondedForce.PME, openmm.NonbondedForce.Ewald):
+        cutoff = nb.getCutoffDistance().value_in_unit(openmm.unit.nanometer)
+        return Electrostatics(method="pme", accuracy=nb.getEwaldErrorTolerance(), cutoff=cutoff).to(model.dtype)
+    raise ValueError(
+        "electrostatic embedding needs the MM NonbondedForce to use PME, Ewald or NoCutoff "
+        f"(got method {method}); reaction-field cutoffs are not supported"
+    )
