@@ -80,7 +80,10 @@ class HybridModel(torch.nn.Module):
     """Hybrid ML potential. Build with :func:`build_model`; units nm, kJ/mol, e.
 
     forward(positions (N, 3), atomic_numbers (N,), box (B, 3, 3) or None, ptr (B+1,),
-    total_charge (B,)) -> dict with "energy" (B,), "atomic_energies" (N,), "e_mlp" (B,).
+    total_charge (B,), fragments (N,) or None, fragment_charges (G,) or None) -> dict with
+    "energy" (B,), "atomic_energies" (N,), "e_mlp" (B,), "features" (N, F), and when enabled
+    "charges" (N,), "dipole" (B, 3), "e_elec" (B,), "e_disp" (B,). Energies are float64 whatever the
+    model's dtype (see below); everything else is in the model's dtype.
     """
 
     def __init__(self, config: Dict[str, Any]):
@@ -125,8 +128,10 @@ class HybridModel(torch.nn.Module):
         vectors = pair_vectors(positions, i, j, shifts, box, batch[i])
         distances = torch.linalg.norm(vectors, dim=1)
         raw, features = self.short_range(species, i, j, vectors, distances)
-        atomic = raw * self.energy_scale.to(raw.dtype) + self.reference_energies.to(raw.dtype)[species]
-        e_mlp = torch.zeros(n_frames, dtype=atomic.dtype, device=atomic.device).index_add(0, batch, atomic)
+        # Reference energies (~1e5 kJ/mol per molecule) are added in float64 even for float32 models:
+        # float32 would round total energies to ~0.03 kJ/mol. The network part stays in its dtype.
+        atomic = (raw * self.energy_scale.to(raw.dtype)).to(torch.float64) + self.reference_energies[species]
+        e_mlp = torch.zeros(n_frames, dtype=torch.float64, device=atomic.device).index_add(0, batch, atomic)
         out: Dict[str, Tensor] = {"e_mlp": e_mlp, "atomic_energies": atomic, "features": features}
         energy = e_mlp
         charge_head = self.charge_head
@@ -141,10 +146,10 @@ class HybridModel(torch.nn.Module):
             if electrostatics is not None:
                 e_elec = electrostatics(positions, charges, box, ptr)
                 out["e_elec"] = e_elec
-                energy = energy + e_elec
+                energy = energy + e_elec.to(torch.float64)
         dispersion = self.dispersion
         if dispersion is not None:
-            e_disp = dispersion(positions, atomic_numbers, box, ptr).to(energy.dtype)
+            e_disp = dispersion(positions, atomic_numbers, box, ptr).to(torch.float64)
             out["e_disp"] = e_disp
             energy = energy + e_disp
         out["energy"] = energy
