@@ -371,13 +371,13 @@ class Trainer:
         while self.epoch < self.opts["epochs"]:
             if self.opts["patience"] is not None and self.epochs_since_best >= self.opts["patience"]:
                 return "early_stopping"
-            bar.set_description(f"epoch {self.epoch + 1}/{self.opts['epochs']}")
+            bar.set_description(f"epoch {self.epoch + 1}/{self.opts['epochs']}", refresh=False)
             epoch_start = time.perf_counter()
             if not self._train_epoch(bar):
                 self.save_checkpoint()
                 return "interrupted"
             self._end_epoch(self.validate())
-            bar.set_postfix_str(self._postfix())
+            bar.set_postfix_str(self._postfix(), refresh=False)
             if self._stop_requested:
                 return "interrupted"
             now = time.perf_counter()
