@@ -5,7 +5,7 @@ Both backends evaluate the same model, E = E_MLP + E_elec + E_disp, for a fixed 
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -21,8 +21,9 @@ class OpenMMModule(torch.nn.Module):
     """forward(positions (N, 3) nm [, box (3, 3) nm]) -> energy (kJ/mol), as TorchForce expects.
 
     TorchForce passes float64 positions (and box vectors for periodic systems); we cast to the
-    model's dtype inside, and return a float64 energy. ``fragments``/``fragment_charges`` optionally
-    fix the charge of each molecule (see :meth:`HybridModel.compute`).
+    model's dtype inside, and return a float64 energy. ``atoms`` selects the model's atoms among the
+    System's particles (ML/MM); ``fragments``/``fragment_charges`` optionally fix the charge of each
+    molecule (see :meth:`HybridModel.compute`).
     """
 
     def __init__(
@@ -32,6 +33,7 @@ class OpenMMModule(torch.nn.Module):
         total_charge: float = 0.0,
         fragments: Optional[Sequence[int]] = None,
         fragment_charges: Optional[Sequence[float]] = None,
+        atoms: Optional[Sequence[int]] = None,
     ):
         super().__init__()
         self.model = model
@@ -45,18 +47,27 @@ class OpenMMModule(torch.nn.Module):
         self.register_buffer(
             "fragment_charges", frag_q if frag_q is not None else torch.zeros(0, dtype=model.dtype)
         )
+        self.subset = atoms is not None
+        index = np.arange(z.shape[0]) if atoms is None else np.asarray(atoms)
+        if index.shape != (z.shape[0],):
+            raise ValueError(f"atoms has {index.shape[0]} entries but atomic_numbers has {z.shape[0]}")
+        self.register_buffer("atoms", torch.as_tensor(index, dtype=torch.long))
 
-    def forward(self, positions: Tensor, box: Optional[Tensor] = None) -> Tensor:
-        dtype = self.total_charge.dtype
+    def model_outputs(self, positions: Tensor, box: Optional[Tensor]) -> Dict[str, Tensor]:
+        """The model's output dict for the selected atoms (positions already in the model's dtype)."""
         cell: Optional[Tensor] = None
         if box is not None:
-            cell = box.to(dtype).unsqueeze(0)
+            cell = box.to(positions.dtype).unsqueeze(0)
         frag: Optional[Tensor] = None
         frag_q: Optional[Tensor] = None
         if self.has_fragments:
             frag = self.fragments
             frag_q = self.fragment_charges
-        out = self.model(positions.to(dtype), self.atomic_numbers, cell, self.ptr, self.total_charge, frag, frag_q)
+        pos = positions[self.atoms] if self.subset else positions
+        return self.model(pos, self.atomic_numbers, cell, self.ptr, self.total_charge, frag, frag_q)
+
+    def forward(self, positions: Tensor, box: Optional[Tensor] = None) -> Tensor:
+        out = self.model_outputs(positions.to(self.total_charge.dtype), box)
         return out["energy"].sum().to(torch.float64)
 
 

@@ -31,15 +31,19 @@ import torch
 from torch import Tensor
 
 from hybridpot.model import HybridModel
-from hybridpot.openmm.bindings import BACKENDS, force_from_module
+from hybridpot.openmm.bindings import BACKENDS, OpenMMModule, force_from_module
 from hybridpot.openmm.system import fragment_assignment, topology_atomic_numbers
 from hybridpot.physics.electrostatics import Electrostatics
 
 EMBEDDINGS = ("mechanical", "electrostatic")
 
 
-class MLRegionModule(torch.nn.Module):
-    """forward(positions (N_all, 3) nm [, box]) -> energy of the ML region (+ ML-MM Coulomb), kJ/mol."""
+class MLRegionModule(OpenMMModule):
+    """forward(positions (N_all, 3) nm [, box]) -> energy of the ML region + ML-MM Coulomb, kJ/mol.
+
+    The model sees only ``ml_atoms``; with ``embedding`` (an Electrostatics module) and the MM charges
+    of all atoms (zero on ML atoms), the ML-MM Coulomb energy of the model's charges is added.
+    """
 
     def __init__(
         self,
@@ -52,44 +56,27 @@ class MLRegionModule(torch.nn.Module):
         mm_charges: Optional[np.ndarray],
         embedding: Optional[Electrostatics],
     ):
-        super().__init__()
-        self.model = model
-        dtype = model.dtype
-        self.register_buffer("ml_atoms", torch.as_tensor(np.asarray(ml_atoms), dtype=torch.long))
-        self.register_buffer("atomic_numbers", torch.as_tensor(np.asarray(atomic_numbers), dtype=torch.long))
-        self.register_buffer("ptr", torch.tensor([0, len(ml_atoms)], dtype=torch.long))
-        self.register_buffer("total_charge", torch.tensor([float(total_charge)], dtype=dtype))
-        frag, frag_q = model._fragments(fragments, fragment_charges, len(ml_atoms), float(total_charge))
-        self.has_fragments = frag is not None
-        self.register_buffer("fragments", frag if frag is not None else torch.zeros(0, dtype=torch.long))
-        self.register_buffer("fragment_charges", frag_q if frag_q is not None else torch.zeros(0, dtype=dtype))
+        super().__init__(model, atomic_numbers, total_charge, fragments, fragment_charges, atoms=ml_atoms)
         self.embedding = embedding
         n_all = 0 if mm_charges is None else len(mm_charges)
         self.register_buffer(
-            "mm_charges", torch.as_tensor(mm_charges if mm_charges is not None else np.zeros(0), dtype=dtype)
+            "mm_charges", torch.as_tensor(mm_charges if mm_charges is not None else np.zeros(0), dtype=model.dtype)
         )
         self.register_buffer("all_ptr", torch.tensor([0, n_all], dtype=torch.long))
 
     def forward(self, positions: Tensor, box: Optional[Tensor] = None) -> Tensor:
-        dtype = self.total_charge.dtype
-        pos = positions.to(dtype)
-        cell: Optional[Tensor] = None
-        if box is not None:
-            cell = box.to(dtype).unsqueeze(0)
-        frag: Optional[Tensor] = None
-        frag_q: Optional[Tensor] = None
-        if self.has_fragments:
-            frag = self.fragments
-            frag_q = self.fragment_charges
-        ml_pos = pos[self.ml_atoms]
-        out = self.model(ml_pos, self.atomic_numbers, cell, self.ptr, self.total_charge, frag, frag_q)
+        pos = positions.to(self.total_charge.dtype)
+        out = self.model_outputs(pos, box)
         energy = out["energy"].sum()
         embedding = self.embedding
         if embedding is not None:
-            ml_q = torch.zeros_like(self.mm_charges).index_put((self.ml_atoms,), out["charges"])
+            cell: Optional[Tensor] = None
+            if box is not None:
+                cell = box.to(pos.dtype).unsqueeze(0)
+            ml_q = torch.zeros_like(self.mm_charges).index_put((self.atoms,), out["charges"])
             plus = embedding(pos, self.mm_charges + ml_q, cell, self.all_ptr)
             minus = embedding(pos, self.mm_charges - ml_q, cell, self.all_ptr)
-            energy = energy + 0.5 * (plus - minus).sum()
+            energy = energy + 0.5 * (plus - minus).sum().to(energy.dtype)
         return energy.to(torch.float64)
 
 
