@@ -49,6 +49,10 @@ DEFAULT_MODEL_CONFIG: Dict[str, Any] = {
         "charge_width": 0.05,  # nm, Gaussian charge width (erf damping); None for point charges
         "cutoff": None,  # nm, real-space cutoff of Ewald/PME; None: chosen from the box
     },
+    # aleatoric uncertainty: per-atom log-variance contributions from the short-range features, summed
+    # to a per-frame energy variance "energy_var" (kJ/mol)^2; forces: also a per-atom force variance
+    # "forces_var" (kJ/mol/nm)^2 per component. Trained with training.loss: nll.
+    "variance": {"enabled": False, "hidden": [32], "activation": "silu", "forces": False},
     # DFT-D3(BJ) dispersion
     "dispersion": {
         "enabled": False,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
 
 import numpy as np
 import torch
@@ -18,6 +18,9 @@ from torch import Tensor
 from hybridpot.config import element_numbers, element_symbol, resolve_model_config
 from hybridpot.nn.charge_head import dipole_moment
 from hybridpot.physics.neighbors import batch_neighbors, frame_neighbors, pair_vectors
+
+if TYPE_CHECKING:
+    from hybridpot.ensemble import EnsembleModel
 
 MODEL_FORMAT = "hybridpot-model"
 MODEL_FORMAT_VERSION = 1
@@ -48,6 +51,15 @@ def _build_charge_head(cfg: Dict[str, Any], n_features: int) -> Optional[torch.n
 
     c = cfg["charges"]
     return ChargeHead(len(cfg["elements"]), n_features, list(c["hidden"]), c["activation"])
+
+
+def _build_variance_head(cfg: Dict[str, Any], n_features: int) -> Optional[torch.nn.Module]:
+    v = cfg["variance"]
+    if not v["enabled"]:
+        return None
+    from hybridpot.nn.variance_head import VarianceHead
+
+    return VarianceHead(len(cfg["elements"]), n_features, list(v["hidden"]), v["activation"], bool(v["forces"]))
 
 
 def _build_electrostatics(cfg: Dict[str, Any]) -> Optional[torch.nn.Module]:
@@ -82,7 +94,9 @@ class HybridModel(torch.nn.Module):
     forward(positions (N, 3), atomic_numbers (N,), box (B, 3, 3) or None, ptr (B+1,),
     total_charge (B,), fragments (N,) or None, fragment_charges (G,) or None) -> dict with
     "energy" (B,), "atomic_energies" (N,), "e_mlp" (B,), "features" (N, F), and when enabled
-    "charges" (N,), "dipole" (B, 3), "e_elec" (B,), "e_disp" (B,). Energies are float64 whatever the
+    "charges" (N,), "dipole" (B, 3), "e_elec" (B,), "e_disp" (B,), and with a variance head
+    (config ``variance``) the predicted label noise "energy_var" (B,) (kJ/mol)^2 and optionally
+    "forces_var" (N,) (kJ/mol/nm)^2 per component (float64). Energies are float64 whatever the
     model's dtype (see below); everything else is in the model's dtype.
     """
 
@@ -105,6 +119,7 @@ class HybridModel(torch.nn.Module):
         self.register_buffer("energy_scale", torch.tensor(float(cfg["energy_scale"]), dtype=torch.float64))
         self.short_range = _build_short_range(cfg)
         self.charge_head = _build_charge_head(cfg, self.short_range.n_features)
+        self.variance_head = _build_variance_head(cfg, self.short_range.n_features)
         self.electrostatics = _build_electrostatics(cfg)
         self.dispersion = _build_dispersion(cfg, numbers)
         self.to(_dtype(cfg["dtype"]))
@@ -153,6 +168,10 @@ class HybridModel(torch.nn.Module):
             out["e_disp"] = e_disp
             energy = energy + e_disp
         out["energy"] = energy
+        variance_head = self.variance_head
+        if variance_head is not None:
+            for key, value in variance_head(features, species, batch, n_frames).items():
+                out[key] = value
         return out
 
     # ------------------------------------------------------------------ Python conveniences
@@ -254,8 +273,10 @@ class HybridModel(torch.nn.Module):
         Returns
         -------
         dict with "energy" (scalar tensor, kJ/mol), "forces" ((N, 3) kJ/mol/nm), "atomic_energies"
-        ((N,) kJ/mol), "terms" ({"mlp", "elec", "disp"} as present, kJ/mol) and, for models with a
-        charge head, "charges" ((N,) e) and "dipole" ((3,) e nm), all detached.
+        ((N,) kJ/mol), "terms" ({"mlp", "elec", "disp"} as present, kJ/mol), for models with a
+        charge head "charges" ((N,) e) and "dipole" ((3,) e nm), and for models with a variance head
+        the predicted label noise "energy_std_aleatoric" (scalar, kJ/mol) and, with
+        ``variance.forces``, "forces_std_aleatoric" ((N,) kJ/mol/nm per component); all detached.
         """
         device = self.reference_energies.device
         pos = torch.as_tensor(np.asarray(positions) if isinstance(positions, list) else positions)
@@ -274,6 +295,10 @@ class HybridModel(torch.nn.Module):
             "atomic_energies": out["atomic_energies"].detach(),
             "terms": {k[2:]: v.detach().sum() for k, v in out.items() if k.startswith("e_")},
         }
+        if "energy_var" in out:
+            result["energy_std_aleatoric"] = out["energy_var"].detach().sum().sqrt()
+        if "forces_var" in out:
+            result["forces_std_aleatoric"] = out["forces_var"].detach().sqrt()
         if "charges" in out:
             result["charges"] = out["charges"].detach()
             result["dipole"] = out["dipole"].detach()[0]
@@ -325,12 +350,8 @@ def save_model(model: HybridModel, path: Union[str, os.PathLike], metadata: Opti
     _atomic_torch_save(payload, path)
 
 
-def load_model(path: Union[str, os.PathLike], map_location: str = "cpu") -> HybridModel:
-    """Load a model written by :func:`save_model`.
-
-    Uses ``torch.load(weights_only=True)``, so a model file cannot run code. Raises ValueError for a
-    file that is not a hybridpot model, is truncated/corrupt, or whose metadata disagree with its config.
-    """
+def read_payload(path: Union[str, os.PathLike], map_location: str = "cpu") -> Dict[str, Any]:
+    """``torch.load(weights_only=True)`` of a model or ensemble file; ValueError if missing or unreadable."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"model file {path!r} does not exist")
@@ -341,22 +362,47 @@ def load_model(path: Union[str, os.PathLike], map_location: str = "cpu") -> Hybr
             f"{path!r} is not a readable hybridpot model file (corrupt, truncated, or a TorchScript "
             f"archive — load those with torch.jit.load): {exc}"
         ) from exc
-    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+    if not isinstance(payload, dict):
         raise ValueError(f"{path!r} is not a hybridpot model file (no '{MODEL_FORMAT}' header)")
+    return payload
+
+
+def load_model(path: Union[str, os.PathLike], map_location: str = "cpu") -> Union[HybridModel, "EnsembleModel"]:
+    """Load a model written by :func:`save_model`, or an ensemble written by
+    :func:`hybridpot.ensemble.save_ensemble` (returned as :class:`hybridpot.ensemble.EnsembleModel`).
+
+    Uses ``torch.load(weights_only=True)``, so a model file cannot run code. Raises ValueError for a
+    file that is not a hybridpot model, is truncated/corrupt, or whose metadata disagree with its config.
+    """
+    payload = read_payload(path, map_location)
+    from hybridpot.ensemble import ENSEMBLE_FORMAT, ensemble_from_payload
+
+    if payload.get("format") == ENSEMBLE_FORMAT:
+        return ensemble_from_payload(payload, os.fspath(path))
+    return model_from_payload(payload, repr(os.fspath(path)))
+
+
+def model_from_payload(payload: Any, path: str) -> HybridModel:
+    """The HybridModel of a :func:`save_model` payload; ``path`` names it in error messages."""
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path} is not a hybridpot model file (no '{MODEL_FORMAT}' header)")
     if payload.get("format_version") != MODEL_FORMAT_VERSION:
         raise ValueError(
-            f"{path!r} has model format version {payload.get('format_version')}, this hybridpot reads {MODEL_FORMAT_VERSION}"
+            f"{path} has model format version {payload.get('format_version')}, this hybridpot reads {MODEL_FORMAT_VERSION}"
         )
-    model = build_model(payload["config"])
+    try:
+        model = build_model(payload["config"])
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: no valid model config ({exc!r})") from exc
     meta = payload.get("metadata", {})
     if meta.get("elements") != model.element_symbols() or abs(meta.get("cutoff_nm", -1) - model.cutoff) > 1e-12:
         raise ValueError(
-            f"{path!r}: metadata (elements {meta.get('elements')}, cutoff {meta.get('cutoff_nm')}) disagree with "
+            f"{path}: metadata (elements {meta.get('elements')}, cutoff {meta.get('cutoff_nm')}) disagree with "
             f"its config (elements {model.element_symbols()}, cutoff {model.cutoff})"
         )
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as exc:
-        raise ValueError(f"{path!r}: weights do not fit the model described by its config: {exc}") from exc
+        raise ValueError(f"{path}: weights do not fit the model described by its config: {exc}") from exc
     model.metadata = meta
     return model

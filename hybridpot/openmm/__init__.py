@@ -2,10 +2,13 @@
 
 from hybridpot.openmm.bindings import OpenMMModule, force_from_module, make_force, make_torchforce
 from hybridpot.openmm.mixed import create_mixed_system
+from hybridpot.openmm.reporters import ExtrapolationError, UncertaintyReporter
 from hybridpot.openmm.system import create_system
 from hybridpot.openmm.torchforce_loader import TorchForceStatus, load_openmm_torch, require_torchforce
 
 __all__ = [
+    "ExtrapolationError",
+    "UncertaintyReporter",
     "OpenMMModule",
     "TorchForceStatus",
     "create_system",

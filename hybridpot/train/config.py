@@ -10,6 +10,18 @@ Loss weights are in internal units: energies per atom in kJ/mol, forces in kJ/mo
 dipoles in e nm. Because 1 eV/A = 964.85 kJ/mol/nm while 1 eV = 96.485 kJ/mol, equal weights on
 (kJ/mol per atom)^2 and (kJ/mol/nm)^2 weigh forces as a 1 : 100 energy : force ratio would in eV and
 Angstrom (the usual force-dominated choice of NequIP and MACE).
+
+Uncertainty options:
+
+- ``training.loss: nll`` trains a model with a variance head (``model.variance.enabled: true``) by
+  the Gaussian negative log-likelihood of the energies (and forces, with ``variance.forces``), so
+  that it predicts its label noise (aleatoric uncertainty); see :mod:`hybridpot.train.losses`.
+- ``training.ensemble_size: K`` (or ``hybridpot train --ensemble K``) trains K members with seeds
+  seed, seed + 1, ... into member_0, member_1, ... and writes ``ensemble.pt`` (epistemic
+  uncertainty); see :func:`hybridpot.train.ensemble.train_ensemble`.
+- ``training.bootstrap: true`` trains on as many frames drawn with replacement from the training
+  split (seeded by ``training.seed``, so each ensemble member gets its own resample); the
+  validation and test frames are unchanged.
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ import yaml
 from hybridpot.config import resolve_model_config
 
 SCHEDULERS = ("plateau", "cosine", "constant")
+LOSSES = ("mse", "nll")
 DEVICES = ("auto", "cpu", "cuda")
 BUILTIN_PREFIX = "builtin:"
 
@@ -39,7 +52,7 @@ DEFAULT_TRAIN_CONFIG: Dict[str, Any] = {
     "model": {},  # passed to hybridpot.build_model
     "training": {
         "epochs": 200,
-        "batch_size": 8,
+        "batch_size": 8,  # frames per optimiser step; under torchrun the global batch, split across processes
         "val_batch_size": 64,
         "lr": 2e-3,  # peak learning rate (after warm-up)
         "min_lr": 1e-5,  # plateau and cosine schedules stop here
@@ -49,6 +62,9 @@ DEFAULT_TRAIN_CONFIG: Dict[str, Any] = {
         "charge_weight": 1.0e5,  # on mean_i (q_pred,i - q_ref,i)^2, e^2
         "dipole_weight": 1.0e7,  # on |mu_pred - mu_ref|^2, (e nm)^2
         "learn_offset": True,  # learn the scalar energy offset b (kJ/mol)
+        "loss": "mse",  # mse | nll (Gaussian NLL with the predicted noise; needs model.variance.enabled)
+        "ensemble_size": 1,  # K > 1: train K members (seeds seed..seed+K-1) and write ensemble.pt
+        "bootstrap": False,  # resample the training frames with replacement (seeded by training.seed)
         "scheduler": "plateau",  # plateau | cosine | constant
         "warmup_epochs": 1.0,  # linear warm-up from lr/100 to lr
         "plateau_patience": 10,  # epochs without validation improvement before lr *= plateau_factor
@@ -85,6 +101,9 @@ _TYPES: Dict[str, Tuple[type, ...]] = {
     "training.charge_weight": _NUMBER,
     "training.dipole_weight": _NUMBER,
     "training.learn_offset": (bool,),
+    "training.loss": (str,),
+    "training.ensemble_size": (int,),
+    "training.bootstrap": (bool,),
     "training.scheduler": (str,),
     "training.warmup_epochs": _NUMBER,
     "training.plateau_patience": (int,),
@@ -112,6 +131,7 @@ _OPTIONAL = {
 # (key, lower bound, inclusive?) for numbers that must be positive or non-negative
 _BOUNDS = {
     "training.epochs": (0, True),
+    "training.ensemble_size": (1, True),
     "training.batch_size": (1, True),
     "training.val_batch_size": (1, True),
     "training.lr": (0.0, False),
@@ -223,6 +243,18 @@ def _check_choices(cfg: Dict[str, Any]) -> None:
     if training["scheduler"] not in SCHEDULERS:
         raise ValueError(
             f"training config: unknown training.scheduler {training['scheduler']!r}; known: {', '.join(SCHEDULERS)}"
+        )
+    if training["loss"] not in LOSSES:
+        raise ValueError(f"training config: unknown training.loss {training['loss']!r}; known: {', '.join(LOSSES)}")
+    variance = bool((cfg["model"].get("variance") or {}).get("enabled", False))
+    if training["loss"] == "nll" and not variance:
+        raise ValueError(
+            "training config: training.loss 'nll' needs a model with a variance head (model.variance.enabled: true)"
+        )
+    if variance and training["loss"] != "nll":
+        raise ValueError(
+            "training config: model.variance.enabled needs training.loss 'nll' (the squared-error loss does not "
+            "train the variance head)"
         )
     if training["device"] not in DEVICES and not training["device"].startswith("cuda:"):
         raise ValueError(

@@ -1,0 +1,332 @@
+"""Ensembles of HybridModels: epistemic uncertainty from the spread of independently trained members.
+
+K members (trained from different seeds, optionally on bootstrap resamples of the training frames,
+see :func:`hybridpot.train.ensemble.train_ensemble`) predict E_1..E_K; the ensemble predicts their mean and
+reports their spread. Members that disagree signal a configuration unlike the training data: the
+usual trigger for active learning or for stopping an extrapolating simulation
+(:class:`hybridpot.openmm.UncertaintyReporter`).
+
+Standard deviations are population standard deviations over the members (divided by K, not K - 1):
+
+    energy_std = sqrt(mean_k (E_k - <E>)^2)                      kJ/mol, per frame
+    forces_std_i = sqrt(mean_k |F_k,i - <F_i>|^2)                kJ/mol/nm, per atom (force *vectors*)
+
+They are computed from the deviations of each member from the first one, so that identical members
+give exactly zero and the ~1e5 kJ/mol absolute energies cancel before squaring.
+
+Members learn separate energy offsets b_k during training (E_k - b_k ~ E_ref, see
+:mod:`hybridpot.train.losses`); the ensemble shifts each member by b_k - mean(b) so that offset
+differences do not count as disagreement. The mean energy is unchanged by this shift.
+
+Ensemble files (:func:`save_ensemble`) hold every member's config, metadata and weights and are read
+with ``torch.load(weights_only=True)``: :func:`load_ensemble`, or :func:`hybridpot.load_model`,
+which returns an :class:`EnsembleModel` for ensemble files and a HybridModel for single models.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from hybridpot.model import ArrayLike, HybridModel, _atomic_torch_save, model_from_payload, read_payload
+
+ENSEMBLE_FORMAT = "hybridpot-ensemble"
+ENSEMBLE_FORMAT_VERSION = 1
+
+
+def _check_members(members: Sequence[HybridModel]) -> None:
+    if len(members) == 0:
+        raise ValueError("an ensemble needs at least one member model")
+    for k, m in enumerate(members):
+        if not isinstance(m, HybridModel):
+            raise ValueError(f"ensemble member {k} is a {type(m).__name__}, expected a HybridModel")
+    first = members[0]
+    for k, m in enumerate(members[1:], start=1):
+        for what, a, b in (
+            ("elements", first.element_symbols(), m.element_symbols()),
+            ("cutoff (nm)", first.cutoff, m.cutoff),
+            ("periodic", first.periodic, m.periodic),
+            ("dtype", first.config["dtype"], m.config["dtype"]),
+        ):
+            if a != b:
+                raise ValueError(f"ensemble members must share {what}: member 0 has {a!r}, member {k} has {b!r}")
+
+
+class EnsembleModel(torch.nn.Module):
+    """Mean and spread of K HybridModels with the same elements, cutoff, periodicity and dtype.
+
+    Parameters
+    ----------
+    members: the K HybridModels
+    energy_offsets: the members' learned energy offsets b_k (kJ/mol; metadata
+        ``energy_offset_kj_mol`` of trained models); default: taken from each member's ``metadata``
+        when present, else 0
+
+    ``forward`` has HybridModel.forward's signature and TorchScripts (TorchForce runs it; use it as
+    ``hybridpot.openmm.make_force(ensemble, ...)`` or ``create_system(ensemble, ...)``); it returns
+    "energy" (B,) the mean, "energy_std" (B,), "member_energies" (K, B) (offset-aligned, float64),
+    and when every member has a variance head "energy_var" (B,) (the members' mean aleatoric
+    variance, (kJ/mol)^2) and, if all predict it, "forces_var" (N,).
+    """
+
+    __jit_unused_properties__ = ["dtype"]
+
+    def __init__(self, members: Sequence[HybridModel], energy_offsets: Optional[Sequence[float]] = None):
+        super().__init__()
+        members = list(members)
+        _check_members(members)
+        if energy_offsets is None:
+            energy_offsets = [float(getattr(m, "metadata", {}).get("energy_offset_kj_mol", 0.0)) for m in members]
+        offsets = torch.as_tensor(np.asarray(energy_offsets, dtype=np.float64))
+        if offsets.shape != (len(members),) or not torch.isfinite(offsets).all():
+            raise ValueError(
+                f"energy_offsets must be {len(members)} finite numbers (one per member), got {list(energy_offsets)}"
+            )
+        self.members = torch.nn.ModuleList(members)
+        self.register_buffer("energy_offsets", offsets)
+        self.register_buffer("energy_shifts", offsets - offsets.mean())
+        first = members[0]
+        self.config = first.config  # elements, cutoff, periodic and dtype are shared
+        self.elements: List[int] = list(first.elements)
+        self.cutoff = float(first.cutoff)
+        self.periodic = bool(first.periodic)
+        self.n_members = len(members)
+        self.metadata = {}
+
+    # ------------------------------------------------------------------ TorchScript path
+    def forward(
+        self,
+        positions: Tensor,
+        atomic_numbers: Tensor,
+        box: Optional[Tensor],
+        ptr: Tensor,
+        total_charge: Tensor,
+        fragments: Optional[Tensor] = None,
+        fragment_charges: Optional[Tensor] = None,
+    ) -> Dict[str, Tensor]:
+        energies: List[Tensor] = []
+        energy_vars: List[Tensor] = []
+        forces_vars: List[Tensor] = []
+        k = 0
+        for member in self.members:
+            out = member(positions, atomic_numbers, box, ptr, total_charge, fragments, fragment_charges)
+            energies.append(out["energy"] - self.energy_shifts[k])
+            if "energy_var" in out:
+                energy_vars.append(out["energy_var"])
+            if "forces_var" in out:
+                forces_vars.append(out["forces_var"])
+            k += 1
+        stacked = torch.stack(energies)  # (K, B)
+        deviation = stacked - stacked[0:1]
+        mean_deviation = deviation.mean(0)
+        spread = deviation - mean_deviation.unsqueeze(0)
+        result: Dict[str, Tensor] = {
+            "energy": stacked[0] + mean_deviation,
+            "energy_std": torch.sqrt((spread * spread).mean(0)),
+            "member_energies": stacked,
+        }
+        if len(energy_vars) == self.n_members:
+            result["energy_var"] = torch.stack(energy_vars).mean(0)
+        if len(forces_vars) == self.n_members:
+            result["forces_var"] = torch.stack(forces_vars).mean(0)
+        return result
+
+    # ------------------------------------------------------------------ Python conveniences
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.members[0].dtype
+
+    @torch.jit.unused
+    def element_symbols(self) -> List[str]:
+        return self.members[0].element_symbols()
+
+    @torch.jit.unused
+    def _fragments(self, fragments, charges, n_atoms: int, total_charge: float) -> tuple:
+        return self.members[0]._fragments(fragments, charges, n_atoms, total_charge)
+
+    @torch.jit.unused
+    def compute(
+        self,
+        positions: ArrayLike,
+        atomic_numbers: ArrayLike,
+        box: Optional[ArrayLike] = None,
+        total_charge: float = 0.0,
+        *,
+        fragments: Optional[ArrayLike] = None,
+        fragment_charges: Optional[ArrayLike] = None,
+        forces: bool = True,
+    ) -> Dict[str, Any]:
+        """Mean energy and forces of one frame and their spread over the members.
+
+        Arguments as :meth:`HybridModel.compute`. Returns (detached, float64 energies):
+
+        - "energy" (scalar, kJ/mol): mean over members; "energy_std" (scalar, kJ/mol); "member_energies" (K,)
+        - "forces" (N, 3) kJ/mol/nm: mean of the members' forces (each by autograd); "forces_std" (N,)
+          kJ/mol/nm: per-atom spread of the force *vectors*, sqrt(mean_k |F_k,i - <F_i>|^2);
+          "member_forces" (K, N, 3)
+        - with variance heads on every member: "energy_std_aleatoric" (scalar, kJ/mol), the square
+          root of the members' mean predicted label variance, and "forces_std_aleatoric" (N,) when
+          the heads predict force variances.
+        """
+        member = self.members[0]
+        device = member.reference_energies.device
+        pos = torch.as_tensor(np.asarray(positions) if isinstance(positions, list) else positions)
+        pos = pos.detach().to(device=device, dtype=self.dtype)
+        z = torch.as_tensor(atomic_numbers).to(device=device, dtype=torch.long)
+        cell = None if box is None else torch.as_tensor(box).detach().to(device=device, dtype=self.dtype)
+        member.validate(pos, z, cell)
+        pos.requires_grad_(forces)
+        ptr = torch.tensor([0, pos.shape[0]], device=device)
+        q = torch.tensor([float(total_charge)], dtype=self.dtype, device=device)
+        frag, frag_q = self._fragments(fragments, fragment_charges, pos.shape[0], float(total_charge))
+        out = self.forward(pos, z, None if cell is None else cell.unsqueeze(0), ptr, q, frag, frag_q)
+        result: Dict[str, Any] = {
+            "energy": out["energy"].detach()[0],
+            "energy_std": out["energy_std"].detach()[0],
+            "member_energies": out["member_energies"].detach()[:, 0],
+        }
+        if "energy_var" in out:
+            result["energy_std_aleatoric"] = out["energy_var"].detach()[0].sqrt()
+        if "forces_var" in out:
+            result["forces_std_aleatoric"] = out["forces_var"].detach().sqrt()
+        if forces:
+            member_energies = out["member_energies"]
+            grads = []
+            for k in range(self.n_members):
+                (grad,) = torch.autograd.grad(member_energies[k].sum(), pos, retain_graph=k < self.n_members - 1)
+                grads.append(-grad.detach())
+            member_forces = torch.stack(grads)  # (K, N, 3)
+            deviation = member_forces - member_forces[0:1]
+            mean_deviation = deviation.mean(0)
+            spread = deviation - mean_deviation.unsqueeze(0)
+            result["forces"] = member_forces[0] + mean_deviation
+            result["forces_std"] = torch.sqrt((spread * spread).sum(-1).mean(0))
+            result["member_forces"] = member_forces
+        return result
+
+
+# ---------------------------------------------------------------------------------------------- files
+def save_ensemble(
+    ensemble: EnsembleModel, path: Union[str, os.PathLike], metadata: Optional[Dict[str, Any]] = None
+) -> None:
+    """Write all members (config, metadata, weights) and the energy offsets to one file, atomically.
+
+    The file is read back with ``torch.load(weights_only=True)`` (:func:`load_ensemble` or
+    :func:`hybridpot.load_model`); ``metadata`` entries are added to the ensemble's metadata.
+    """
+    from hybridpot import __version__
+
+    if not isinstance(ensemble, EnsembleModel):
+        raise ValueError(f"save_ensemble needs an EnsembleModel, got {type(ensemble).__name__} (use save_model)")
+    first = ensemble.members[0]
+    meta = {
+        "elements": ensemble.element_symbols(),
+        "cutoff_nm": ensemble.cutoff,
+        "periodic": ensemble.periodic,
+        "dtype": first.config["dtype"],
+        "units": {"length": "nm", "energy": "kJ/mol", "charge": "e"},
+        "n_members": ensemble.n_members,
+        "energy_offset_kj_mol": float(ensemble.energy_offsets.mean()),
+        "hybridpot_version": __version__,
+    }
+    meta.update(metadata or {})
+    members = []
+    for member in ensemble.members:
+        members.append(
+            {
+                "config": member.config,
+                "metadata": {
+                    **getattr(member, "metadata", {}),
+                    "elements": member.element_symbols(),
+                    "cutoff_nm": member.cutoff,
+                    "periodic": member.periodic,
+                },
+                "state_dict": {k: v.detach().cpu() for k, v in member.state_dict().items()},
+            }
+        )
+    payload = {
+        "format": ENSEMBLE_FORMAT,
+        "format_version": ENSEMBLE_FORMAT_VERSION,
+        "metadata": meta,
+        "energy_offsets": [float(b) for b in ensemble.energy_offsets.tolist()],
+        "members": members,
+    }
+    _atomic_torch_save(payload, path)
+
+
+def ensemble_from_payload(payload: Dict[str, Any], path: str) -> EnsembleModel:
+    """The EnsembleModel of a :func:`save_ensemble` payload; ``path`` names it in error messages."""
+    from hybridpot.model import MODEL_FORMAT, MODEL_FORMAT_VERSION
+
+    if payload.get("format") != ENSEMBLE_FORMAT:
+        raise ValueError(f"{path!r} is not a hybridpot ensemble file (no '{ENSEMBLE_FORMAT}' header)")
+    if payload.get("format_version") != ENSEMBLE_FORMAT_VERSION:
+        raise ValueError(
+            f"{path!r} has ensemble format version {payload.get('format_version')}, this hybridpot reads "
+            f"{ENSEMBLE_FORMAT_VERSION}"
+        )
+    entries = payload.get("members")
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{path!r}: the ensemble file has no members")
+    members = []
+    for k, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path!r}: member {k} is not a model record")
+        record = {**entry, "format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION}
+        members.append(model_from_payload(record, f"{path!r} member {k}"))
+    meta = payload.get("metadata", {})
+    first = members[0]
+    if (
+        meta.get("elements") != first.element_symbols()
+        or abs(meta.get("cutoff_nm", -1) - first.cutoff) > 1e-12
+        or meta.get("periodic") != first.periodic
+        or meta.get("n_members") != len(members)
+    ):
+        raise ValueError(
+            f"{path!r}: ensemble metadata (elements {meta.get('elements')}, cutoff {meta.get('cutoff_nm')}, "
+            f"periodic {meta.get('periodic')}, {meta.get('n_members')} members) disagree with its members "
+            f"(elements {first.element_symbols()}, cutoff {first.cutoff}, periodic {first.periodic}, "
+            f"{len(members)} members)"
+        )
+    try:
+        ensemble = EnsembleModel(members, payload.get("energy_offsets"))
+    except ValueError as exc:
+        raise ValueError(f"{path!r}: {exc}") from exc
+    ensemble.metadata = meta
+    return ensemble
+
+
+def load_ensemble(path: Union[str, os.PathLike], map_location: str = "cpu") -> EnsembleModel:
+    """Load an ensemble written by :func:`save_ensemble` (``weights_only=True``: no code runs).
+
+    Raises ValueError for a missing, corrupt or truncated file, a single-model file (load those with
+    :func:`hybridpot.load_model`), members whose weights do not fit their configs, or members and
+    metadata that disagree (elements, cutoff, periodicity, number of members).
+    """
+    from hybridpot.model import MODEL_FORMAT
+
+    path = os.fspath(path)
+    payload = read_payload(path, map_location)
+    if payload.get("format") == MODEL_FORMAT:
+        raise ValueError(
+            f"{path!r} holds a single model, not an ensemble: load it with hybridpot.load_model, or build "
+            f"EnsembleModel([...]) from several models"
+        )
+    return ensemble_from_payload(payload, path)
+
+
+def ensemble_from_files(paths: Sequence[Union[str, os.PathLike]], map_location: str = "cpu") -> EnsembleModel:
+    """An EnsembleModel of the single-model files ``paths`` (their energy offsets from their metadata)."""
+    from hybridpot.model import load_model
+
+    members = []
+    for p in paths:
+        model = load_model(p, map_location=map_location)
+        if not isinstance(model, HybridModel):
+            raise ValueError(f"{os.fspath(p)!r} is an ensemble file; ensemble members must be single models")
+        members.append(model)
+    return EnsembleModel(members)
