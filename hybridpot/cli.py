@@ -72,6 +72,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.time_budget is not None:
         config["training"]["time_budget"] = args.time_budget
     output = args.output or str(Path("runs") / Path(args.config).stem)
+    if args.bootstrap:
+        config["training"]["bootstrap"] = True
+    if args.ensemble is not None or config["training"]["ensemble_size"] > 1:
+        return _train_ensemble(config, output, args.ensemble)
     try:
         result = train(config, output, resume=args.resume)
     except KeyboardInterrupt:
@@ -85,6 +89,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
             print(f"{name}: energy MAE {metrics['energy_per_atom']['mae']:.4f} kJ/mol/atom, "
                   f"force MAE {metrics['forces']['mae']:.2f} kJ/mol/nm")
     print(f"model: {result.model_path}; metrics, plots and checkpoint in {result.output_dir}/")
+    return 0
+
+
+def _train_ensemble(config: dict, output: str, size: Optional[int]) -> int:
+    from hybridpot.train.ensemble import train_ensemble
+
+    try:
+        result = train_ensemble(config, output, size=size)
+    except KeyboardInterrupt:
+        return 130
+    if result.stopped == "interrupted":
+        return 130
+    for name in ("val", "test"):
+        m = result.metrics.get(name)
+        if m:
+            print(f"ensemble mean, {'validation' if name == 'val' else 'test'}: energy MAE "
+                  f"{m['energy_per_atom']['mae']:.4f} kJ/mol/atom, force MAE {m['forces']['mae']:.2f} kJ/mol/nm; "
+                  f"mean energy std {m['energy_std']['mean']:.3f} kJ/mol")
+    print(f"ensemble of {len(result.member_dirs)} members: {result.ensemble_path} "
+          f"(trained now: {result.trained or 'none'}, trained earlier: {result.skipped or 'none'})")
     return 0
 
 
@@ -128,6 +152,73 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print("periodic model: call force.setUsesPeriodicBoundaryConditions(True) on the TorchForce")
     print("note: TorchScript archives are code; load only archives you trust")
     return 0
+
+
+def _cmd_md(args: argparse.Namespace) -> int:
+    from hybridpot.openmm.md import SimulationUnstable, run_md
+    from hybridpot.openmm.reporters import ExtrapolationError
+
+    try:
+        run_md(
+            args.model, args.structure, steps=args.steps, temperature=args.temperature, timestep=args.timestep,
+            friction=args.friction, npt=args.npt, pressure=args.pressure, barostat_interval=args.barostat_interval,
+            platform=args.platform, backend=args.backend, output=args.output, report_interval=args.report_interval,
+            total_charge=args.total_charge, minimize_steps=args.minimize_steps, seed=args.seed,
+            threads=args.threads, uncertainty_save_threshold=args.save_uncertain,
+            uncertainty_stop_threshold=args.stop_uncertain, progress=not args.no_progress,
+        )
+    except SimulationUnstable as exc:
+        print(f"hybridpot md: {exc}", file=sys.stderr)
+        return 3
+    except ExtrapolationError as exc:
+        print(f"hybridpot md: stopped: {exc}; frames in {args.output}/", file=sys.stderr)
+        return 4
+    return 0
+
+
+def _add_md_parser(sub) -> None:
+    p = sub.add_parser(
+        "md",
+        help="Langevin MD (NVT, or NPT with --npt) of a PDB structure with a model",
+        description="Run molecular dynamics of STRUCTURE (PDB; a CRYST1 record makes it periodic, which needs a "
+        "periodic model) with MODEL in OpenMM: LangevinMiddleIntegrator, optional MonteCarloBarostat, a short energy "
+        "minimisation first. Writes trajectory.dcd, state.csv (energies in kJ/mol, temperature, speed), "
+        "minimized.pdb and final.pdb to --output (and uncertainty.csv for ensemble models). If the energy becomes "
+        "NaN or infinite, the run stops (exit code 3) and the last frame with a finite energy is written to "
+        "last_good.pdb. Ensemble models also report their force spread every --report-interval steps.",
+    )
+    p.add_argument("model", help="model file (model.pt)")
+    p.add_argument("structure", help="PDB file of the system (elements must be known to the model)")
+    p.add_argument("--steps", type=int, required=True, help="number of MD steps")
+    p.add_argument("--temperature", type=float, default=300.0, help="temperature in K (default: 300)")
+    p.add_argument("--timestep", type=float, default=0.5, help="time step in fs (default: 0.5)")
+    p.add_argument("--friction", type=float, default=1.0, help="Langevin friction in 1/ps (default: 1)")
+    p.add_argument("--npt", action="store_true", help="constant pressure: add a MonteCarloBarostat (periodic systems)")
+    p.add_argument("--pressure", type=float, default=1.0, help="barostat pressure in bar (default: 1; with --npt)")
+    p.add_argument("--barostat-interval", type=int, default=25,
+                   help="steps between barostat volume moves (default: 25; with --npt)")
+    p.add_argument("--platform", default="CPU", help="OpenMM platform: CPU, Reference or CUDA (default: CPU)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torchforce", "pythonforce"],
+                   help="how OpenMM evaluates the model: torchforce (TorchScript, no Python in the MD loop), "
+                   "pythonforce (OpenMM PythonForce), or auto (TorchForce when openmm-torch loads; default)")
+    p.add_argument("--output", default="md_out", help="output folder (default: md_out)")
+    p.add_argument("--report-interval", type=int, default=100,
+                   help="steps between trajectory frames, state.csv rows and NaN checks (default: 100)")
+    p.add_argument("--total-charge", type=float, default=0.0, help="total charge of the system in e (default: 0)")
+    p.add_argument("--minimize-steps", type=int, default=200,
+                   help="maximum iterations of the initial energy minimisation, 0 for none (default: 200)")
+    p.add_argument("--seed", type=int, help="random seed for the initial velocities and the Langevin noise")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads for torch and OpenMM's CPU platform (default: theirs; on cores shared with "
+                   "other work, 1 is often fastest)")
+    p.add_argument("--save-uncertain", type=float, metavar="KJ_MOL_NM",
+                   help="ensemble models: append frames whose largest force spread (std over members) exceeds "
+                   "this many kJ/mol/nm to uncertain_frames.xyz")
+    p.add_argument("--stop-uncertain", type=float, metavar="KJ_MOL_NM",
+                   help="ensemble models: stop (exit code 4) when the largest force spread exceeds this many kJ/mol/nm")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar; print the state (tab-separated) every report interval instead")
+    p.set_defaults(func=_cmd_md)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint.pt")
     p.add_argument("--max-epochs", type=int, help="override training.epochs")
     p.add_argument("--time-budget", type=float, metavar="MIN", help="override training.time_budget (minutes, this run)")
+    p.add_argument("--ensemble", type=int, metavar="K",
+                   help="train K members (seeds seed..seed+K-1) into OUTPUT/member_k and write OUTPUT/ensemble.pt; "
+                   "re-running skips finished members and resumes interrupted ones (override training.ensemble_size)")
+    p.add_argument("--bootstrap", action="store_true",
+                   help="train each member on a bootstrap resample of the training frames (training.bootstrap)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(
@@ -205,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="model_torchscript.pt", help="output file (default: model_torchscript.pt)")
     p.add_argument("--total-charge", type=float, default=0.0, help="total charge of the system in e (default: 0)")
     p.set_defaults(func=_cmd_export)
+
+    _add_md_parser(sub)
     return parser
 
 

@@ -1,0 +1,158 @@
+"""openmm-ml plugin: ``MLPotential("hybridpot", modelPath="model.pt")``.
+
+Registered through the ``openmmml.potentials`` entry point in pyproject.toml, so that after
+``pip install hybridpot``::
+
+    from openmmml import MLPotential
+    potential = MLPotential("hybridpot", modelPath="model.pt")
+    system = potential.createSystem(topology, charge=0)                 # the whole system is ML
+    mixed = potential.createMixedSystem(topology, mm_system, ml_atoms)  # openmm-ml's own ML/MM
+
+``createMixedSystem`` uses openmm-ml's embeddings (its "mechanical" one by default), which call
+:meth:`HybridpotPotentialImpl.addForces` for the ML atoms. hybridpot's own electrostatic embedding
+(geometry-dependent ML charges against the MM point charges) is offered as the potential-specific
+embedding ``"hybridpot-electrostatic"``, which delegates to :func:`hybridpot.openmm.create_mixed_system`.
+
+Options of ``createSystem``/``createMixedSystem`` understood here: ``charge`` (total charge of the ML
+atoms, e; openmm-ml's name for it), ``molecule_charges`` (one charge per residue of the ML atoms, or
+{residue name: charge}) and ``backend`` ("auto", "torchforce", "pythonforce"). Other options raise
+an error instead of being ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, List, Optional
+
+import openmm
+import openmm.app
+
+# The classes below implement openmm-ml's MLPotentialImplFactory / MLPotentialImpl interfaces
+# without inheriting from them (openmm-ml only calls their methods). Importing openmmml here would be
+# circular: importing openmmml loads every entry point, this module included.
+
+#: Options that openmm-ml's generic embeddings read from the same keyword arguments and that may
+#: therefore reach addForces; they are not ours to interpret.
+EMBEDDING_OPTIONS = ("linkAtomDistances", "mlLongRange")
+ELECTROSTATIC_EMBEDDING = "hybridpot-electrostatic"
+
+
+class HybridpotPotentialImplFactory:
+    """Creates :class:`HybridpotPotentialImpl`; the entry point ``hybridpot`` names this class."""
+
+    def createImpl(self, name: str, modelPath: Optional[str] = None, model: Any = None) -> "HybridpotPotentialImpl":
+        """``modelPath``: a file written by ``hybridpot.save_model``; or ``model``: a loaded HybridModel."""
+        if (modelPath is None) == (model is None):
+            raise ValueError(
+                f"MLPotential({name!r}) needs exactly one of modelPath (a hybridpot model file) or model "
+                "(a loaded HybridModel)"
+            )
+        if model is None:
+            import hybridpot
+
+            model = hybridpot.load_model(modelPath)
+        return HybridpotPotentialImpl(name, model)
+
+
+class HybridpotPotentialImpl:
+    """A hybridpot model (E_MLP + E_elec + E_disp) as an openmm-ml potential."""
+
+    def __init__(self, name: str, model: Any):
+        self.name = name
+        self.model = model
+
+    def addForces(
+        self,
+        topology: openmm.app.Topology,
+        system: openmm.System,
+        atoms: Optional[Iterable[int]],
+        forceGroup: int,
+        charge: float = 0.0,
+        molecule_charges: Any = None,
+        backend: str = "auto",
+        **args: Any,
+    ) -> None:
+        """Add one TorchForce/PythonForce evaluating the model on ``atoms`` (all atoms if None)."""
+        from hybridpot.openmm.bindings import OpenMMModule, force_from_module
+        from hybridpot.openmm.mixed import MLRegionModule
+        from hybridpot.openmm.system import check_model_topology, fragment_assignment
+
+        unknown = sorted(set(args) - set(EMBEDDING_OPTIONS))
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) {', '.join(map(repr, unknown))} for the hybridpot potential; known: "
+                "charge, molecule_charges, backend"
+            )
+        subset: Optional[List[int]] = None if atoms is None else [int(a) for a in atoms]
+        numbers = check_model_topology(self.model, topology, subset)
+        # openmm-ml passes the System being built (createSystem: no forces yet; interpolation: an empty
+        # scratch System), so only a mixed System that already has its MM forces can be checked here
+        system_periodic = system.usesPeriodicBoundaryConditions()
+        if subset is not None and system.getNumForces() and self.model.periodic != system_periodic:
+            kind = "periodic" if system_periodic else "non-periodic"
+            model_kind = "periodic" if self.model.periodic else "not"
+            raise ValueError(f"the System is {kind} but the hybridpot model is {model_kind}")
+        fragments = fragment_charges = None
+        total_charge = float(charge)
+        if molecule_charges is not None:
+            all_fragments, all_charges = fragment_assignment(topology, molecule_charges)
+            chosen = all_fragments if subset is None else all_fragments[subset]
+            used = sorted(set(int(f) for f in chosen))
+            renumber = {f: k for k, f in enumerate(used)}
+            fragments = [renumber[int(f)] for f in chosen]
+            fragment_charges = [float(all_charges[f]) for f in used]
+            total_charge = float(sum(fragment_charges))
+        if subset is None:
+            module = OpenMMModule(self.model, numbers, total_charge, fragments, fragment_charges)
+        else:
+            module = MLRegionModule(self.model, subset, numbers, total_charge, fragments, fragment_charges, None, None)
+        if system.getNumParticles() == 0 and topology.getNumAtoms() > 0:
+            # openmm-ml's interpolate=True builds the ML force in an empty scratch System and deep-copies
+            # it; copying an openmm-torch 1.5 TorchForce made from an in-memory module crashes the process
+            if backend == "torchforce":
+                raise ValueError(
+                    "interpolate=True copies the ML force, which crashes with openmm-torch's TorchForce; "
+                    "use backend='pythonforce' (or 'auto')"
+                )
+            backend = "pythonforce"
+        force, _ = force_from_module(module, self.model.periodic, backend=backend, verbose=False)
+        force.setForceGroup(forceGroup)
+        force.setName("hybridpot")
+        system.addForce(force)
+
+    def getMLLongRange(self) -> bool:
+        """True when the model sums its own electrostatics over periodic images (Ewald/PME).
+
+        openmm-ml's mechanical embedding then removes the MM Coulomb energy among the ML atoms,
+        images included, instead of only the direct ML-ML pairs.
+        """
+        members = getattr(self.model, "members", [self.model])  # an EnsembleModel, or one HybridModel
+        return bool(self.model.periodic and any(getattr(m, "electrostatics", None) is not None for m in members))
+
+    def getSupportedEmbeddings(self) -> List[str]:
+        return [ELECTROSTATIC_EMBEDDING]
+
+    def createMixedSystem(
+        self,
+        topology: openmm.app.Topology,
+        system: openmm.System,
+        atoms: List[int],
+        forceGroup: int,
+        interpolate: bool,
+        embedding: str,
+        returnInfo: bool = False,
+        charge: Optional[float] = None,
+        molecule_charges: Any = None,
+        backend: str = "auto",
+    ) -> openmm.System:
+        """hybridpot's electrostatic embedding (see :mod:`hybridpot.openmm.mixed`)."""
+        from hybridpot.openmm.mixed import create_mixed_system
+
+        if interpolate:
+            raise ValueError(f"the {ELECTROSTATIC_EMBEDDING!r} embedding does not support interpolate=True")
+        mixed = create_mixed_system(
+            self.model, topology, system, atoms, embedding="electrostatic", backend=backend,
+            total_charge=charge, molecule_charges=molecule_charges, verbose=False,
+        )
+        ml_force = mixed.getForce(mixed.getNumForces() - 1)
+        ml_force.setForceGroup(forceGroup)
+        return mixed
