@@ -11,6 +11,8 @@ A run folder holds::
                        the raw weights during the epoch, val_* errors those of the EMA weights after it
     final_metrics.json validation and test errors of model.pt
     learning_curve.png, parity.png
+
+Under torchrun the same loop runs data-parallel (hybridpot.train.distributed); only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -44,11 +46,12 @@ from hybridpot.train.checkpoint import (
     restore_rng_state,
     seed_everything,
 )
+from hybridpot.train import distributed
 from hybridpot.train.config import resolve_train_config
 from hybridpot.train.losses import ForceMatchingLoss, LossWeights, predict
 from hybridpot.train.metrics import ErrorAccumulator, evaluate_frames
 from hybridpot.train.optim import ExponentialMovingAverage, LRSchedule
-from hybridpot.train.preparation import Splits, build_training_model, iterate_model_batches, read_splits
+from hybridpot.train.preparation import Splits, build_training_model, model_batch, read_splits
 
 #: Training keys that may change when resuming (they do not alter what has been computed so far).
 RESUMABLE_KEYS = ("epochs", "time_budget", "progress", "plots", "patience", "num_threads", "device", "val_batch_size")
@@ -111,8 +114,25 @@ class Trainer:
             )
         checkpoint = load_checkpoint(self.checkpoint_path) if resume else None
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.device = _device(opts["device"])
+        # data-parallel when launched by torchrun or inside a process group (hybridpot.train.distributed)
+        self.dist = distributed.setup(_device(opts["device"]))
+        self.device = self.dist.device(_device(opts["device"]))
+        if opts["batch_size"] < self.dist.world_size:
+            raise ValueError(
+                f"training.batch_size ({opts['batch_size']}) is smaller than the number of processes "
+                f"({self.dist.world_size}); each process needs at least one frame of every batch"
+            )
+        if opts["ensemble_size"] > 1:
+            raise ValueError(
+                f"training.ensemble_size is {opts['ensemble_size']}: train ensembles with "
+                f"hybridpot.train.ensemble.train_ensemble (or `hybridpot train --ensemble K`); Trainer runs one model"
+            )
         self.splits: Splits = read_splits(self.config["data"])
+        model_cfg = self.config["model"]
+        if opts["bootstrap"]:
+            from hybridpot.train.ensemble import bootstrap_splits
+
+            model_cfg, self.splits = bootstrap_splits(model_cfg, self.splits, opts["seed"])
         self.data_fingerprint = self.splits.fingerprint()
         if checkpoint is not None:
             changed = _resume_differences(checkpoint["config"], self.config)
@@ -126,9 +146,10 @@ class Trainer:
             self.model = build_model(checkpoint["model_config"]).to(self.device)
         else:
             seed_everything(opts["seed"])
-            self.model = build_training_model(self.config["model"], self.splits.train, device=self.device)
+            self.model = build_training_model(model_cfg, self.splits.train, device=self.device)
+            self.dist.broadcast_tensors(list(self.model.parameters()) + list(self.model.buffers()))
         weights = LossWeights(opts["energy_weight"], opts["force_weight"], opts["charge_weight"], opts["dipole_weight"])
-        self.loss_fn = ForceMatchingLoss(weights, learn_offset=opts["learn_offset"]).to(self.device)
+        self.loss_fn = ForceMatchingLoss(weights, learn_offset=opts["learn_offset"], kind=opts["loss"]).to(self.device)
         groups = [{"params": list(self.model.parameters()), "weight_decay": opts["weight_decay"]}]
         if opts["learn_offset"]:
             groups.append({"params": [self.loss_fn.offset], "weight_decay": 0.0})
@@ -156,6 +177,7 @@ class Trainer:
         self.epochs_since_best = 0
         self.elapsed_before = 0.0
         self._stop_requested = False
+        self._stop_agreed = False  # data-parallel: some rank had a stop request at the last step
         self._run_start = time.perf_counter()
         if checkpoint is not None:
             self._load(checkpoint)
@@ -200,6 +222,8 @@ class Trainer:
         self.step_in_epoch = int(state["step_in_epoch"])
         self.order = None if state["order"] is None else [int(k) for k in state["order"]]
         self.train_errors.load_state_dict(state["train_errors"])
+        if not self.dist.is_main:  # the saved running errors are all ranks' merged: count them once
+            self.train_errors = ErrorAccumulator()
         self.train_loss_sum = float(state["train_loss_sum"])
         self.history = [dict(row) for row in state["history"]]
         self.best = dict(state["best"])
@@ -208,8 +232,9 @@ class Trainer:
         restore_rng_state(state["rng"])
 
     def save_checkpoint(self) -> None:
-        """Write ``checkpoint.pt`` atomically (temp file + rename)."""
-        atomic_torch_save(self._state(), self.checkpoint_path)
+        """Write ``checkpoint.pt`` atomically (temp file + rename); only rank 0 of a data-parallel run writes."""
+        if self.dist.is_main:
+            atomic_torch_save(self._state(), self.checkpoint_path)
 
     def elapsed(self) -> float:
         """Seconds of training over this and earlier (resumed) runs."""
@@ -220,26 +245,44 @@ class Trainer:
         self._stop_requested = True
 
     # ------------------------------------------------------------------ steps and epochs
-    def train_step(self, batch) -> float:
-        """One optimiser step on ``batch``; returns the batch loss."""
+    def train_step(self, batch, global_frames: Optional[int] = None) -> float:
+        """One optimiser step on ``batch``; returns the batch loss.
+
+        Data-parallel runs pass this rank's shard (None when empty) of a global batch of
+        ``global_frames`` frames: the shard's summed per-frame loss is divided by ``global_frames``
+        and the gradients are summed over ranks, which gives the single-process gradient of the
+        whole batch (see :mod:`hybridpot.train.distributed`).
+        """
         self.schedule.apply(self.optimizer)
-        pred = predict(self.model, batch, create_graph=True)
-        loss = self.loss_fn(pred, batch)["total"].mean()
-        if not torch.isfinite(loss):
+        pred = None if batch is None else predict(self.model, batch, create_graph=True)
+        if pred is None:
+            loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        elif global_frames is None or global_frames == batch.num_frames:
+            loss = self.loss_fn(pred, batch)["total"].mean()
+        else:
+            loss = self.loss_fn(pred, batch)["total"].sum() / global_frames
+        self.optimizer.zero_grad(set_to_none=True)
+        if pred is not None:
+            loss.backward()
+        value = float(loss.detach())
+        if self.dist.enabled:  # one all_reduce: gradients, the global loss and any rank's stop request
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            value, stops = self.dist.sum_gradients(params, value, float(self._stop_requested))
+            self._stop_agreed = stops > 0
+        if not math.isfinite(value):
             raise FloatingPointError(
-                f"loss is {float(loss)} at epoch {self.epoch + 1}, step {self.step_in_epoch + 1}: lower training.lr "
+                f"loss is {value} at epoch {self.epoch + 1}, step {self.step_in_epoch + 1}: lower training.lr "
                 f"or check the data"
             )
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
         if self.opts["clip_grad_norm"] is not None:
             torch.nn.utils.clip_grad_norm_([p for _, p in self._trained()], self.opts["clip_grad_norm"])
         self.optimizer.step()
         self.schedule.step()
         self.ema.update(self._trained())
         self.train_errors.energy_offset = float(self.loss_fn.offset.detach())
-        self.train_errors.update(pred, batch)
-        return float(loss.detach())
+        if pred is not None:
+            self.train_errors.update(pred, batch)
+        return value
 
     def _epoch_order(self) -> List[int]:
         rng = np.random.default_rng([self.opts["seed"], self.epoch])
@@ -256,22 +299,36 @@ class Trainer:
         bs = self.opts["batch_size"]
         remaining = self.order[self.step_in_epoch * bs :]
         frames = self.splits.train
-        for batch in iterate_model_batches(frames, bs, self.model.dtype, self.device, remaining):
-            self.train_loss_sum += self.train_step(batch)
+        for start in range(0, len(remaining), bs):
+            indices = remaining[start : start + bs]
+            shard = self.dist.shard(indices)  # all of it in a single process
+            batch = model_batch([frames[k] for k in shard], self.model.dtype, self.device) if shard else None
+            if self.dist.enabled:
+                self.train_loss_sum += self.train_step(batch, global_frames=len(indices))
+            else:
+                self.train_loss_sum += self.train_step(batch)
             self.step_in_epoch += 1
             bar.update(1)
             bar.set_postfix_str(self._postfix(), refresh=False)
-            if self._stop_requested:
+            if self._stopping():
                 return False
         return True
+
+    def _stopping(self) -> bool:
+        """A stop was requested (Ctrl-C); data-parallel: by some rank, as of the last step's all-reduce."""
+        return self._stop_agreed if self.dist.enabled else self._stop_requested
 
     def validate(self) -> ErrorAccumulator:
         """Errors of the EMA weights on the validation frames."""
         self.ema.copy_to([(f"model.{n}", p) for n, p in self.eval_model.named_parameters()])
         offset = float(self.ema.shadow["offset"])
-        return evaluate_frames(self.eval_model, self.splits.val, batch_size=self.opts["val_batch_size"], energy_offset=offset)
+        frames = self.splits.val  # data-parallel: each rank its share, error sums merged
+        frames = frames[slice(*distributed.shard_bounds(len(frames), self.dist.rank, self.dist.world_size))]
+        errors = evaluate_frames(self.eval_model, frames, batch_size=self.opts["val_batch_size"], energy_offset=offset)
+        return self.dist.merge_errors(errors)
 
     def _end_epoch(self, val: ErrorAccumulator) -> None:
+        self.train_errors = self.dist.merge_errors(self.train_errors)
         val_f = val.flat("val_")
         row = {
             "epoch": self.epoch + 1,
@@ -305,7 +362,8 @@ class Trainer:
             "training_data": self.config["data"]["path"],
             "n_train": len(self.splits.train),
         }
-        save_model(self.eval_model, self.model_path, metadata)
+        if self.dist.is_main:
+            save_model(self.eval_model, self.model_path, metadata)
 
     def _write_csv(self) -> None:
         columns = list(CSV_FIRST_COLUMNS) + sorted({k for row in self.history for k in row} - set(CSV_FIRST_COLUMNS))
@@ -313,7 +371,8 @@ class Trainer:
         writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(self.history)
-        atomic_write_text(buffer.getvalue(), self.output_dir / "metrics.csv")
+        if self.dist.is_main:
+            atomic_write_text(buffer.getvalue(), self.output_dir / "metrics.csv")
 
     def _postfix(self) -> str:
         parts = [f"lr {self.schedule.lr():.1e}"]
@@ -341,7 +400,7 @@ class Trainer:
             previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
         total = opts["epochs"] * self.steps_per_epoch
         done = min(self.epoch * self.steps_per_epoch + self.step_in_epoch, total)
-        bar = tqdm(total=total, initial=done, disable=not opts["progress"], unit="step", dynamic_ncols=True,
+        bar = tqdm(total=total, initial=done, disable=not (opts["progress"] and self.dist.is_main), unit="step", dynamic_ncols=True,
                    mininterval=0.1 if sys.stderr.isatty() else 30.0)  # a log file gets a line per 30 s
         try:
             self._write_run_files()
@@ -355,7 +414,8 @@ class Trainer:
             if previous_handler is not None:
                 signal.signal(signal.SIGINT, previous_handler)
         if stopped == "interrupted":
-            print(f"interrupted: checkpoint saved to {self.checkpoint_path}; continue with --resume")
+            if self.dist.is_main:
+                print(f"interrupted: checkpoint saved to {self.checkpoint_path}; continue with --resume")
             return self._result(stopped)
         return self._finish(stopped)
 
@@ -374,25 +434,31 @@ class Trainer:
             bar.set_description(f"epoch {self.epoch + 1}/{self.opts['epochs']}", refresh=False)
             epoch_start = time.perf_counter()
             if not self._train_epoch(bar):
+                self.train_errors = self.dist.merge_errors(self.train_errors)
                 self.save_checkpoint()
                 return "interrupted"
             self._end_epoch(self.validate())
             bar.set_postfix_str(self._postfix(), refresh=False)
-            if self._stop_requested:
+            if self._stopping():
                 return "interrupted"
             now = time.perf_counter()
-            if budget is not None and (now - run_start) + (now - epoch_start) > 60.0 * budget:
+            over = budget is not None and (now - run_start) + (now - epoch_start) > 60.0 * budget
+            if self.dist.agree(over):  # rank 0's clock decides for all ranks
                 return "time_budget"
         if self.opts["patience"] is not None and self.epochs_since_best >= self.opts["patience"]:
             return "early_stopping"
         return "completed"
 
     def _write_run_files(self) -> None:
+        if not self.dist.is_main:
+            return
         atomic_write_text(yaml.safe_dump(self.config, sort_keys=False), self.output_dir / "config.yaml")
         split = {name: [int(f.index) for f in getattr(self.splits, name)] for name in ("train", "val", "test")}
         atomic_write_text(json.dumps(split), self.output_dir / "split.json")
 
     def _finish(self, stopped: str) -> TrainResult:
+        if not self.dist.is_main:  # rank 0 evaluates model.pt and writes the summary and plots
+            return self._result(stopped)
         best = load_model(self.model_path, map_location=str(self.device))
         offset = float(best.metadata.get("energy_offset_kj_mol", 0.0))
         val = evaluate_frames(best, self.splits.val, batch_size=self.opts["val_batch_size"], energy_offset=offset, keep_values=True)
@@ -442,8 +508,18 @@ def train(config: Dict[str, Any], output_dir: Union[str, Path], *, resume: bool 
     output_dir: run folder (created); holds model.pt, checkpoint.pt, metrics.csv, plots
     resume: continue from ``output_dir/checkpoint.pt``, bit for bit
 
+    Launched by ``torchrun --nproc_per_node=P`` (or inside an initialised process group), the P
+    processes train one model data-parallel: see :mod:`hybridpot.train.distributed`.
+
     Returns
     -------
     TrainResult; the best model (EMA weights, by validation force MAE) is ``result.model_path``.
     """
-    return Trainer(config, output_dir, resume=resume).run()
+    trainer = Trainer(config, output_dir, resume=resume)
+    try:
+        result = trainer.run()
+    except BaseException:
+        distributed.teardown(trainer.dist, wait=False)
+        raise
+    distributed.teardown(trainer.dist)
+    return result
