@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hybridpot.model import ArrayLike, HybridModel, _atomic_torch_save, model_from_payload, read_payload
+from hybridpot.io import atomic_torch_save
+from hybridpot.model import ArrayLike, HybridModel, model_from_payload, read_payload
 
 ENSEMBLE_FORMAT = "hybridpot-ensemble"
 ENSEMBLE_FORMAT_VERSION = 1
@@ -255,7 +256,7 @@ def save_ensemble(
         "energy_offsets": [float(b) for b in ensemble.energy_offsets.tolist()],
         "members": members,
     }
-    _atomic_torch_save(payload, path)
+    atomic_torch_save(payload, path)
 
 
 def ensemble_from_payload(payload: Dict[str, Any], path: str) -> EnsembleModel:

@@ -8,13 +8,13 @@ point that validates its input, accepts NumPy or torch, and returns forces by au
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from hybridpot.io import atomic_torch_save
 from hybridpot.config import element_numbers, element_symbol, resolve_model_config
 from hybridpot.nn.charge_head import dipole_moment
 from hybridpot.physics.neighbors import batch_neighbors, frame_neighbors, pair_vectors
@@ -313,20 +313,6 @@ def build_model(config: Dict[str, Any]) -> HybridModel:
     return HybridModel(config)
 
 
-def _atomic_torch_save(obj: Any, path: Union[str, os.PathLike]) -> None:
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_model(model: HybridModel, path: Union[str, os.PathLike], metadata: Optional[Dict[str, Any]] = None) -> None:
     """Write weights, full config and metadata to one file, atomically (temp file + rename)."""
     from hybridpot import __version__
@@ -347,7 +333,7 @@ def save_model(model: HybridModel, path: Union[str, os.PathLike], metadata: Opti
         "metadata": meta,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    _atomic_torch_save(payload, path)
+    atomic_torch_save(payload, path)
 
 
 def read_payload(path: Union[str, os.PathLike], map_location: str = "cpu") -> Dict[str, Any]:

@@ -8,8 +8,6 @@ The output is still plain extxyz and reads back with ASE (and :func:`read_extxyz
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import numpy as np
 
 from hybridpot.data.frames import Frame
 from hybridpot.data.readers import default_force_unit, unit_factor
+from hybridpot.io import atomic_write_text
 
 _BOOL = {True: "T", False: "F"}
 
@@ -98,16 +97,5 @@ def _floats(values: np.ndarray) -> str:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temp file next to ``path`` and move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file next to it."""
+    atomic_write_text(text, path)

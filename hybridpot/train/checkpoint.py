@@ -6,54 +6,17 @@ lists, tuples, numbers, strings and None; everything saved here is converted to 
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Union
+from typing import Any, Dict
 
 import numpy as np
 import torch
 
+from hybridpot.io import PathLike, atomic_torch_save, atomic_write, atomic_write_text  # noqa: F401 (used by the trainer)
+
 CHECKPOINT_FORMAT = "hybridpot-checkpoint"
 CHECKPOINT_VERSION = 1
-PathLike = Union[str, os.PathLike]
-
-
-def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it onto ``path``.
-
-    A reader never sees a half-written file; if ``write`` raises (or Ctrl-C arrives), the temporary
-    file is removed and ``path`` keeps its previous content.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_torch_save(obj: Any, path: PathLike) -> None:
-    """``torch.save`` through :func:`atomic_write`."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def atomic_write_text(text: str, path: PathLike) -> None:
-    """Write a text file through :func:`atomic_write`."""
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-
-    atomic_write(path, write)
 
 
 def load_checkpoint(path: PathLike, map_location: str = "cpu") -> Dict[str, Any]:

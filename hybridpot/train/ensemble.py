@@ -176,7 +176,7 @@ def train_ensemble(
 
 def _write_ensemble(cfg: Dict[str, Any], output_dir: Path, member_dirs: List[Path]) -> Tuple[Path, Dict[str, Any]]:
     from hybridpot.ensemble import ensemble_from_files, save_ensemble
-    from hybridpot.train.checkpoint import atomic_write_text
+    from hybridpot.io import atomic_write_text
     from hybridpot.train.preparation import read_splits
 
     ensemble = ensemble_from_files([d / "model.pt" for d in member_dirs])

@@ -11,7 +11,7 @@ import numpy as np
 from hybridpot.config import element_symbol
 from hybridpot.data import Frame
 from hybridpot.model import HybridModel
-from hybridpot.train.checkpoint import PathLike, atomic_write_text
+from hybridpot.io import PathLike, atomic_write_text
 from hybridpot.train.metrics import evaluate_frames
 from hybridpot.units import energy_factor, length_factor
 

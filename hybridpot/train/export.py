@@ -16,7 +16,7 @@ import torch
 
 from hybridpot.config import element_symbol
 from hybridpot.model import HybridModel
-from hybridpot.train.checkpoint import PathLike, atomic_write
+from hybridpot.io import PathLike, atomic_write
 
 STRUCTURE_FORMATS = (".pdb", ".xyz", ".extxyz")
 METADATA_FILE = "hybridpot.json"

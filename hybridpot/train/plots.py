@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from hybridpot.train.checkpoint import PathLike, atomic_write
+from hybridpot.io import PathLike, atomic_write
 
 
 def _figure(width: float, height: float):
