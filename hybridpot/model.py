@@ -313,11 +313,11 @@ def build_model(config: Dict[str, Any]) -> HybridModel:
     return HybridModel(config)
 
 
-def save_model(model: HybridModel, path: Union[str, os.PathLike], metadata: Optional[Dict[str, Any]] = None) -> None:
-    """Write weights, full config and metadata to one file, atomically (temp file + rename)."""
+def model_metadata(model: Any) -> Dict[str, Any]:
+    """What a model file (or TorchScript export) records next to the weights and checks on load."""
     from hybridpot import __version__
 
-    meta = {
+    return {
         "elements": model.element_symbols(),
         "cutoff_nm": model.cutoff,
         "periodic": model.periodic,
@@ -325,6 +325,11 @@ def save_model(model: HybridModel, path: Union[str, os.PathLike], metadata: Opti
         "units": {"length": "nm", "energy": "kJ/mol", "charge": "e"},
         "hybridpot_version": __version__,
     }
+
+
+def save_model(model: HybridModel, path: Union[str, os.PathLike], metadata: Optional[Dict[str, Any]] = None) -> None:
+    """Write weights, full config and metadata to one file, atomically (temp file + rename)."""
+    meta = model_metadata(model)
     meta.update(metadata or {})
     payload = {
         "format": MODEL_FORMAT,

@@ -15,7 +15,7 @@ from typing import List, Sequence
 import torch
 
 from hybridpot.config import element_symbol
-from hybridpot.model import HybridModel
+from hybridpot.model import HybridModel, model_metadata
 from hybridpot.io import PathLike, atomic_write
 
 STRUCTURE_FORMATS = (".pdb", ".xyz", ".extxyz")
@@ -53,7 +53,6 @@ def export_torchscript(
     extra file. For a periodic model, call ``force.setUsesPeriodicBoundaryConditions(True)`` on the
     TorchForce. Raises ValueError for elements the model does not know.
     """
-    from hybridpot import __version__
     from hybridpot.openmm.bindings import OpenMMModule
 
     numbers = [int(z) for z in atomic_numbers]
@@ -66,16 +65,7 @@ def export_torchscript(
             f"(elements {model.element_symbols()}) does not know"
         )
     module = torch.jit.script(OpenMMModule(model, numbers, total_charge))
-    metadata = {
-        "elements": model.element_symbols(),
-        "cutoff_nm": model.cutoff,
-        "periodic": model.periodic,
-        "dtype": model.config["dtype"],
-        "units": {"length": "nm", "energy": "kJ/mol", "charge": "e"},
-        "atomic_numbers": numbers,
-        "total_charge": float(total_charge),
-        "hybridpot_version": __version__,
-    }
+    metadata = {**model_metadata(model), "atomic_numbers": numbers, "total_charge": float(total_charge)}
     path = Path(path)
     extra = {METADATA_FILE: json.dumps(metadata)}
     atomic_write(path, lambda tmp: torch.jit.save(module, tmp, _extra_files=extra))
