@@ -330,19 +330,19 @@ def report(results: Dict[str, Any]) -> str:
     rows = []
     for r in results["runs"]:
         target = TARGETS_MEV_A.get(r["arch"]) if r["n_train"] == SPLIT[0] else None
-        rows.append([r["arch"], r["n_train"], f"{r['minutes']:g}", r["epochs"], fmt(r["test_energy_mev"], 2),
+        rows.append([r["arch"], r["n_train"], f"{r['minutes']:g}", fmt(r["elapsed_s"] / 60.0), r["epochs"], fmt(r["test_energy_mev"], 2),
                      fmt(r["test_forces_mev_a"]), fmt(target, 0) + " (60 min)" if target else "-"])
     for ref in (PUBLISHED, ON_THIS_MACHINE):
-        rows.append([ref["model"], 1000 if ref is PUBLISHED else 800, "-" if ref is PUBLISHED else "53", "-",
+        rows.append([ref["model"], 1000 if ref is PUBLISHED else 800, "-" if ref is PUBLISHED else "53", "-", "-",
                      fmt(ref["energy_mev"], 1), fmt(ref["forces_mev_a"]), "-"])
-    lines = [common.format_table(["model", "n_train", "minutes", "epochs", "test E MAE (meV)",
+    lines = [common.format_table(["model", "n_train", "budget (min)", "used (min)", "epochs", "test E MAE (meV)",
                                   "test F MAE (meV/A)", "target F (meV/A)"], rows)]
     timed = [r for r in results["runs"] if r.get("error_vs_time")]
     if timed:
         lines.append("\nbest validation force MAE (meV/A) by fraction of the budget:")
         rows = [[r["arch"], r["n_train"], f"{r['minutes']:g}"] + [fmt(p["best_val_forces_mev_a"]) for p in r["error_vs_time"]]
                 for r in timed]
-        lines.append(common.format_table(["model", "n_train", "minutes", "25%", "50%", "75%", "100%"], rows))
+        lines.append(common.format_table(["model", "n_train", "budget (min)", "25%", "50%", "75%", "100%"], rows))
     curve = [r for r in results["runs"] if r["n_train"] != SPLIT[0]]
     if curve:
         lines.append("\nlearning curve (test force MAE, meV/A, vs training frames):")
@@ -386,7 +386,9 @@ data and split
 what is reported
   Test MAE of the best model (EMA weights, lowest validation force MAE): total energy in meV (after
   the learned energy offset) and force components in meV/A. The budget covers training and the
-  per-epoch validation; test evaluation comes after it. "Best validation force MAE by fraction of the
+  per-epoch validation; test evaluation comes after it. "used" is the training time actually spent:
+  the cosine schedule ends after the epochs planned from the first timing, so a run finishes early
+  when the machine gets quieter after that timing (and is cut by the budget when it gets busier). "Best validation force MAE by fraction of the
   budget" reads the trainer's metrics.csv. Errors fall with time and data; a shared machine slows
   everything down, so the load average is stored with the results.
 
