@@ -164,3 +164,20 @@ def check_cutoff_continuity(
     assert abs(e_out - predicted) < atol, f"energy jumps by {e_out - predicted:.3e} kJ/mol across r = {radius} nm"
     jump = float(np.abs(f_in - f_out).max())
     assert jump < force_atol, f"forces jump by {jump:.3e} kJ/mol/nm across r = {radius} nm"
+
+
+# rMD17 ethanol: first frame of the shipped file (hybridpot/data/files/rmd17_ethanol_1000.xyz), nm
+ETHANOL = 0.1 * np.array(
+    [
+        [-0.02326528, -0.53193351, -0.16332991],
+        [-1.11409345, 0.13737969, 0.64212662],
+        [0.99584567, 0.35772873, -0.50705431],
+        [0.45969068, -1.44094814, 0.37276885],
+        [-0.35661717, -0.93481490, -1.02960453],
+        [-0.55380774, 0.66519480, 1.54009471],
+        [-1.73936950, 0.78358570, 0.03620900],
+        [-1.63065013, -0.65919628, 1.18884363],
+        [1.56520716, 0.60785716, 0.23496390],
+    ]
+)
+ETHANOL_Z = np.array([6, 6, 8, 1, 1, 1, 1, 1, 1])

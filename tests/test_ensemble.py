@@ -19,21 +19,7 @@ from hybridpot.ensemble import EnsembleModel, load_ensemble, save_ensemble
 from hybridpot.openmm import load_openmm_torch
 from hybridpot.openmm.bindings import make_force
 
-# rMD17 ethanol, first frame of the shipped file, converted from Angstrom to nm
-ETHANOL = 0.1 * np.array(
-    [
-        [-0.02326528, -0.53193351, -0.16332991],
-        [-1.11409345, 0.13737969, 0.64212662],
-        [0.99584567, 0.35772873, -0.50705431],
-        [0.45969068, -1.44094814, 0.37276885],
-        [-0.35661717, -0.93481490, -1.02960453],
-        [-0.55380774, 0.66519480, 1.54009471],
-        [-1.73936950, 0.78358570, 0.03620900],
-        [-1.63065013, -0.65919628, 1.18884363],
-        [1.56520716, 0.60785716, 0.23496390],
-    ]
-)
-ETHANOL_Z = np.array([6, 6, 8, 1, 1, 1, 1, 1, 1])
+from physics_checks import ETHANOL, ETHANOL_Z  # noqa: E402
 CONFIG = {"elements": ["H", "C", "O"], "dtype": "float64", "energy_scale": 5.0,
           "behler_parrinello": {"hidden": [8], "n_radial": 4, "n_angular": 2}}
 

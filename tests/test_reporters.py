@@ -17,21 +17,7 @@ from hybridpot.ensemble import EnsembleModel
 from hybridpot.openmm import ExtrapolationError, UncertaintyReporter, create_system
 from hybridpot.openmm.reporters import CSV_COLUMNS
 
-# rMD17 ethanol (first frame of the shipped file), nm
-ETHANOL = 0.1 * np.array(
-    [
-        [-0.02326528, -0.53193351, -0.16332991],
-        [-1.11409345, 0.13737969, 0.64212662],
-        [0.99584567, 0.35772873, -0.50705431],
-        [0.45969068, -1.44094814, 0.37276885],
-        [-0.35661717, -0.93481490, -1.02960453],
-        [-0.55380774, 0.66519480, 1.54009471],
-        [-1.73936950, 0.78358570, 0.03620900],
-        [-1.63065013, -0.65919628, 1.18884363],
-        [1.56520716, 0.60785716, 0.23496390],
-    ]
-)
-ETHANOL_Z = [6, 6, 8, 1, 1, 1, 1, 1, 1]
+from physics_checks import ETHANOL, ETHANOL_Z  # noqa: E402
 STEP_PS = 0.0005
 
 
@@ -95,7 +81,7 @@ def test_csv_rows_and_saving_every_frame(ensemble, tmp_path):
     assert all(float(r["max_force_std_kj_mol_nm"]) > 0 for r in rows)
     saved = read_extxyz(tmp_path / "saved.xyz", length_unit="angstrom")
     assert len(saved) == 4
-    assert saved[0].atomic_numbers.tolist() == ETHANOL_Z
+    assert saved[0].atomic_numbers.tolist() == ETHANOL_Z.tolist()
     np.testing.assert_allclose(saved[3].positions, pos, rtol=0, atol=1e-12)
     assert saved[0].energy is None  # geometry only: labels come from a QM oracle
 
