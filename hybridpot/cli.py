@@ -176,6 +176,47 @@ def _cmd_md(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_active_learn(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hybridpot.active.loop import load_active_config, run_active_learning
+
+    config = load_active_config(args.config)
+    if args.iterations is not None:
+        if args.iterations < 1:
+            print("hybridpot active-learn: --iterations must be a positive integer", file=sys.stderr)
+            return 2
+        config["active_learning"]["iterations"] = args.iterations
+    output = args.output or str(Path("runs") / Path(args.config).stem)
+    try:
+        run_active_learning(config, output)
+    except KeyboardInterrupt:
+        print(f"hybridpot active-learn: interrupted; run the same command again to resume ({output})", file=sys.stderr)
+        return 130
+    print(f"summary: {output}/summary.csv; per-iteration files in {output}/iter_*/")
+    return 0
+
+
+def _add_active_learn_parser(sub) -> None:
+    p = sub.add_parser(
+        "active-learn",
+        help="active learning: train ensemble -> OpenMM MD -> select uncertain frames -> label -> retrain",
+        description="Run (or resume) the active-learning loop configured in CONFIG: a training config (sections "
+        "data = the initial data set, model, training) plus a section active_learning (structures, md, selection, "
+        "oracle, iterations; defaults in hybridpot.active.loop.DEFAULT_ACTIVE_LEARNING, example in "
+        "examples/water_active_learning.yaml). Each iteration trains an ensemble on the data so far, runs short MD "
+        "trajectories from every structure at every temperature, selects diverse frames whose force disagreement "
+        "(max over atoms of the members' force spread) exceeds selection.threshold kJ/mol/nm, labels them with the "
+        "oracle (GFN2-xTB via tblite by default; failures are recorded per frame), and adds them to the data. "
+        "Writes OUTPUT/iter_NNN/ and a line per iteration to OUTPUT/summary.csv. Interrupted runs continue where "
+        "they stopped when the same command is run again.",
+    )
+    p.add_argument("config", help="YAML config (data, model, training, active_learning)")
+    p.add_argument("--output", help="output folder (default: runs/<config name>)")
+    p.add_argument("--iterations", type=int, help="override active_learning.iterations")
+    p.set_defaults(func=_cmd_active_learn)
+
+
 def _add_md_parser(sub) -> None:
     p = sub.add_parser(
         "md",
@@ -303,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_export)
 
     _add_md_parser(sub)
+    _add_active_learn_parser(sub)
     return parser
 
 

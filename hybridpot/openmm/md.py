@@ -175,6 +175,7 @@ def run_md(
     output: Union[str, os.PathLike] = "md_out",
     report_interval: int = 100,
     total_charge: float = 0.0,
+    molecule_charges=None,
     minimize_steps: int = 200,
     seed: Optional[int] = None,
     threads: Optional[int] = None,
@@ -201,6 +202,8 @@ def run_md(
         uncertainty.csv for ensembles)
     report_interval: steps between trajectory frames, CSV rows and energy checks
     total_charge: e
+    molecule_charges: one charge per residue, or {residue name: charge} (e.g. {"EMI": 1, "BF4": -1}):
+        the charge head then conserves each residue's charge (see :func:`create_system`)
     minimize_steps: maximum iterations of the initial energy minimisation (0: none)
     seed: random seed of velocities and the Langevin integrator (None: random)
     threads: CPU threads for torch and for OpenMM's CPU platform (None: their defaults)
@@ -234,7 +237,11 @@ def run_md(
     ensemble = _is_ensemble(net)
     if not ensemble and (uncertainty_save_threshold is not None or uncertainty_stop_threshold is not None):
         raise ValueError("uncertainty thresholds need an ensemble model (a file written by save_ensemble)")
-    system = create_system(net, topology, backend=backend, total_charge=total_charge, verbose=False)
+    if molecule_charges is not None and ensemble and (uncertainty_save_threshold is not None
+                                                       or uncertainty_stop_threshold is not None):
+        raise ValueError("uncertainty thresholds are not supported together with molecule_charges")
+    system = create_system(net, topology, backend=backend, total_charge=None if molecule_charges is not None else total_charge,
+                           molecule_charges=molecule_charges, verbose=False)
     used_backend = _backend_of(system)
     if npt:
         _add_molecule_bonds(system, topology)

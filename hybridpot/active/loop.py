@@ -1,0 +1,456 @@
+"""The active-learning loop: train an ensemble, explore with OpenMM MD, label what it is unsure of, repeat.
+
+One iteration ``k`` (folder ``OUTPUT/iter_{k:03d}``) is five stages, each of which leaves files
+behind that let an interrupted run (Ctrl-C, a crash, a lost machine) continue where it stopped::
+
+    data.xyz          1. the training data of this iteration (initial data + everything labelled so far),
+                         nm and kJ/mol, written atomically
+    train/            2. an ensemble (hybridpot.train.train_ensemble: finished members are not retrained,
+                         interrupted ones resume from their checkpoints) -> train/ensemble.pt
+    md/<run>/         3. short OpenMM MD runs on the ensemble mean (hybridpot.openmm.run_md), one per
+                         structure x temperature x trajectory; scores.npz holds every saved frame's
+                         max force std (kJ/mol/nm) and fingerprint; done when scores.npz exists
+    candidates.csv    4. every frame, its score and whether it was selected (selected.xyz: the frames);
+                         redone on resume, so a changed threshold takes effect
+    labels/           5. one file per selected frame, <run>_<frame>.xyz (labelled by the oracle) or
+                         <run>_<frame>.failed (the oracle's error); existing files are not relabelled
+    labelled.xyz, summary.json   the iteration's new data and its summary (the iteration is done)
+
+``OUTPUT/summary.csv`` gets one line per iteration (data size, validation errors of the ensemble mean,
+fraction of explored frames above the threshold, frames selected / labelled / failed), and
+``OUTPUT/final/`` an ensemble trained on all the data at the end (``final_training``).
+
+The configuration is a training config (sections ``data``, ``model``, ``training``, see
+:mod:`hybridpot.train.config`; ``data`` is the initial data set) plus a section ``active_learning``
+(:data:`DEFAULT_ACTIVE_LEARNING`). Run it with ``hybridpot active-learn CONFIG.yaml`` or
+:func:`run_active_learning`.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Union
+
+import numpy as np
+import yaml
+
+from hybridpot.active.selection import FrameScores, score_frames, select_frames
+from hybridpot.data import Dataset, Frame, read_extxyz, write_extxyz
+from hybridpot.io import atomic_write, atomic_write_text
+
+DEFAULT_ACTIVE_LEARNING: Dict[str, Any] = {
+    "iterations": 3,  # train -> explore -> select -> label cycles
+    "structures": None,  # required: PDB files to start MD from (relative to the config file); CRYST1 = periodic
+    "total_charge": 0.0,  # e, of every structure (ignored when molecule_charges is given)
+    "molecule_charges": None,  # {residue name: charge}, e.g. {EMI: 1, BF4: -1}: conserved per residue
+    "md": {
+        "temperatures": [300.0],  # K; one set of trajectories per temperature
+        "trajectories": 2,  # per structure and temperature, with different seeds
+        "steps": 2000,
+        "timestep": 0.5,  # fs
+        "friction": 1.0,  # 1/ps
+        "sample_interval": 20,  # steps between frames scored for selection
+        "minimize_steps": 100,
+        "platform": "CPU",
+        "backend": "auto",  # auto | torchforce | pythonforce
+        "seed": 0,
+    },
+    "selection": {
+        "threshold": 100.0,  # kJ/mol/nm (~0.1 eV/A): frames whose max force std exceeds it are candidates
+        "upper": None,  # kJ/mol/nm: frames above are not labelled (likely unphysical); None = no bound
+        "max_frames": 20,  # per iteration, chosen for diversity (farthest-point sampling)
+    },
+    "oracle": None,  # None = GFN2-xTB via tblite; else {type: tblite|pyscf|ase, ...} (hybridpot.active.oracles)
+    "final_training": True,  # train an ensemble on all data after the last iteration (OUTPUT/final)
+}
+
+SUMMARY_COLUMNS = (
+    "iteration", "n_data", "val_energy_mae_kj_mol_atom", "val_forces_mae_kj_mol_nm", "n_explored",
+    "fraction_uncertain", "n_selected", "n_labelled", "n_failed", "max_force_std_kj_mol_nm", "minutes",
+)
+
+
+def _merge(defaults: Dict[str, Any], given: Dict[str, Any], where: str) -> Dict[str, Any]:
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(where + k for k in unknown)}; known: {', '.join(sorted(defaults))}")
+    out = copy.deepcopy(defaults)
+    for key, value in given.items():
+        if isinstance(defaults[key], dict) and key not in ("molecule_charges",):
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}{key} must be a mapping, got {value!r}")
+            out[key] = _merge(defaults[key], value, f"{where}{key}.")
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_active_config(config: Dict[str, Any], base_dir: Optional[Union[str, os.PathLike]] = None) -> Dict[str, Any]:
+    """Validate the ``active_learning`` section, fill defaults, make structure paths absolute."""
+    al = _merge(DEFAULT_ACTIVE_LEARNING, config.get("active_learning") or {}, "active_learning.")
+    structures = al["structures"]
+    if isinstance(structures, (str, os.PathLike)):
+        structures = [structures]
+    if not structures:
+        raise ValueError("active_learning.structures is required: PDB files to start the MD explorations from")
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    paths = []
+    for s in structures:
+        path = Path(s) if Path(s).is_absolute() else base / s
+        if not path.is_file():
+            raise ValueError(f"active_learning.structures: {s!r} does not exist (looked for {path})")
+        paths.append(str(path))
+    al["structures"] = paths
+    if not isinstance(al["iterations"], int) or al["iterations"] < 1:
+        raise ValueError(f"active_learning.iterations must be a positive integer, got {al['iterations']!r}")
+    md = al["md"]
+    temps = md["temperatures"]
+    md["temperatures"] = [float(t) for t in (temps if isinstance(temps, (list, tuple)) else [temps])]
+    if not md["temperatures"] or min(md["temperatures"]) <= 0:
+        raise ValueError(f"active_learning.md.temperatures must be positive kelvin values, got {temps!r}")
+    for key in ("trajectories", "steps", "sample_interval"):
+        if not isinstance(md[key], int) or md[key] < 1:
+            raise ValueError(f"active_learning.md.{key} must be a positive integer, got {md[key]!r}")
+    sel = al["selection"]
+    if not isinstance(sel["max_frames"], int) or sel["max_frames"] < 1:
+        raise ValueError(f"active_learning.selection.max_frames must be a positive integer, got {sel['max_frames']!r}")
+    if not isinstance(sel["threshold"], (int, float)) or sel["threshold"] < 0:
+        raise ValueError(f"active_learning.selection.threshold must be >= 0 kJ/mol/nm, got {sel['threshold']!r}")
+    if sel["upper"] is not None and sel["upper"] <= sel["threshold"]:
+        raise ValueError(f"active_learning.selection.upper ({sel['upper']}) must exceed threshold ({sel['threshold']})")
+    return al
+
+
+def load_active_config(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """Read an active-learning YAML file; relative paths in it are relative to the file."""
+    from hybridpot.train.config import resolve_data_path
+
+    path = Path(path)
+    with open(path) as handle:
+        config = yaml.safe_load(handle) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a mapping with sections data, model, training, active_learning")
+    data = config.setdefault("data", {})
+    if data.get("path"):
+        data["path"] = resolve_data_path(data["path"], path.parent)
+    config["active_learning"] = resolve_active_config(config, path.parent)
+    return config
+
+
+class ActiveLearner:
+    """Runs (or resumes) the loop in ``output``. Stages are public so that they can be run one by one."""
+
+    def __init__(self, config: Dict[str, Any], output: Union[str, os.PathLike], *, log: Callable[[str], None] = print):
+        from hybridpot.train.config import resolve_train_config
+
+        config = copy.deepcopy(config)
+        al = config.pop("active_learning", None) or {}
+        self.al = resolve_active_config({"active_learning": al})  # relative structure paths: from the cwd
+        self.train_config = resolve_train_config(config)
+        if self.train_config["training"]["ensemble_size"] < 2:
+            self.train_config["training"]["ensemble_size"] = 4
+            log("active learning needs an ensemble: training.ensemble_size set to 4")
+        self.output = Path(output)
+        self.output.mkdir(parents=True, exist_ok=True)
+        self.log = log
+        self._fill_elements()
+
+    # ------------------------------------------------------------------ set-up
+    def _fill_elements(self) -> None:
+        """Model elements: the union of the initial data's and the structures' elements (all iterations agree)."""
+        import openmm.app as app
+
+        from hybridpot.config import element_symbol
+        from hybridpot.data import read_dataset
+
+        model = self.train_config["model"]
+        data = self.train_config["data"]
+        periodic = [app.PDBFile(s).topology.getPeriodicBoxVectors() is not None for s in self.al["structures"]]
+        if len(set(periodic)) > 1:
+            raise ValueError("active_learning.structures mixes periodic and non-periodic PDB files")
+        if "periodic" not in model:
+            model["periodic"] = periodic[0]
+        if model.get("elements"):
+            return
+        numbers = set()
+        for s in self.al["structures"]:
+            numbers.update(a.element.atomic_number for a in app.PDBFile(s).topology.atoms())
+        options = {k: data[k] for k in ("energy_unit", "length_unit", "force_unit") if data[k] is not None}
+        numbers.update(read_dataset(data["path"], **options).elements)
+        model["elements"] = [element_symbol(z) for z in sorted(numbers)]
+
+    def iteration_dir(self, k: int) -> Path:
+        return self.output / f"iter_{k:03d}"
+
+    def _initial_data(self) -> Dataset:
+        from hybridpot.data import read_dataset
+
+        data = self.train_config["data"]
+        options = {k: data[k] for k in ("energy_unit", "length_unit", "force_unit") if data[k] is not None}
+        return read_dataset(data["path"], **options).validate()
+
+    def _iteration_config(self, data_path: Path) -> Dict[str, Any]:
+        cfg = copy.deepcopy(self.train_config)
+        cfg["data"].update(path=str(data_path), energy_unit="kJ/mol", length_unit="nm", force_unit=None)
+        split = cfg["data"]["split"]
+        if sum(split) > 1.0 + 1e-9:  # frame counts do not survive a growing data set: use fractions
+            total = float(sum(split))
+            cfg["data"]["split"] = [s / total for s in split]
+        return cfg
+
+    # ------------------------------------------------------------------ stages
+    def prepare_data(self, k: int) -> Path:
+        """Stage 1: ``iter_k/data.xyz`` = initial data (k = 0) or iter_{k-1}'s data + its labelled frames."""
+        path = self.iteration_dir(k) / "data.xyz"
+        if path.is_file():
+            return path
+        if k == 0:
+            frames = list(self._initial_data())
+        else:
+            previous = self.iteration_dir(k - 1)
+            if not (previous / "summary.json").is_file():
+                raise RuntimeError(f"iteration {k - 1} is not finished ({previous}/summary.json is missing)")
+            frames = list(read_extxyz(previous / "data.xyz")) + list(read_extxyz(previous / "labelled.xyz"))
+        write_extxyz(frames, path)
+        return path
+
+    def train(self, k: int):
+        """Stage 2: train (or finish training) the iteration's ensemble; returns the EnsembleTrainResult."""
+        from hybridpot.train.ensemble import train_ensemble
+
+        data_path = self.prepare_data(k)
+        result = train_ensemble(self._iteration_config(data_path), self.iteration_dir(k) / "train", log=self.log)
+        if result.stopped != "completed":
+            raise KeyboardInterrupt(f"training of iteration {k} was interrupted; run the same command again to resume")
+        return result
+
+    def _runs(self) -> List[Dict[str, Any]]:
+        md = self.al["md"]
+        runs = []
+        for s_index, structure in enumerate(self.al["structures"]):
+            for temperature in md["temperatures"]:
+                for r in range(md["trajectories"]):
+                    name = f"{Path(structure).stem}_T{temperature:g}_r{r}"
+                    runs.append(dict(name=name, structure=structure, temperature=temperature,
+                                     seed=md["seed"] + 1000 * s_index + 10 * r + int(temperature)))
+        return runs
+
+    def explore(self, k: int) -> Dict[str, FrameScores]:
+        """Stage 3: MD with the ensemble mean from every structure; scores of every sampled frame."""
+        import mdtraj
+
+        from hybridpot.model import load_model
+        from hybridpot.openmm.md import SimulationUnstable, run_md
+        from hybridpot.openmm.system import fragment_assignment, topology_atomic_numbers
+
+        md = self.al["md"]
+        ensemble_path = self.iteration_dir(k) / "train" / "ensemble.pt"
+        if not ensemble_path.is_file():
+            self.train(k)
+        ensemble = None
+        scores: Dict[str, FrameScores] = {}
+        for run in self._runs():
+            folder = self.iteration_dir(k) / "md" / run["name"]
+            score_file = folder / "scores.npz"
+            if not score_file.is_file():
+                ensemble = ensemble or load_model(ensemble_path)
+                folder.mkdir(parents=True, exist_ok=True)
+                note = ""
+                with open(folder / "md.log", "w") as md_log:
+                    try:
+                        run_md(ensemble, run["structure"], steps=md["steps"], temperature=run["temperature"],
+                               timestep=md["timestep"], friction=md["friction"], platform=md["platform"],
+                               backend=md["backend"], output=str(folder), report_interval=md["sample_interval"],
+                               total_charge=self.al["total_charge"], molecule_charges=self.al["molecule_charges"],
+                               minimize_steps=md["minimize_steps"], seed=run["seed"], progress=False, log=md_log)
+                    except SimulationUnstable as exc:  # keep the frames written before it failed
+                        note = f"stopped early: {exc}"
+                topology = mdtraj.load_topology(run["structure"])
+                numbers = topology_atomic_numbers(_openmm_topology(run["structure"]))
+                traj_file = folder / "trajectory.dcd"
+                traj = mdtraj.load_dcd(str(traj_file), top=topology) if traj_file.is_file() else None
+                positions = [] if traj is None else list(traj.xyz.astype(np.float64))
+                boxes = None
+                if traj is not None and traj.unitcell_vectors is not None and ensemble.periodic:
+                    boxes = list(traj.unitcell_vectors.astype(np.float64))
+                frag = {}
+                if self.al["molecule_charges"] is not None:
+                    f, q = fragment_assignment(_openmm_topology(run["structure"]), self.al["molecule_charges"])
+                    frag = dict(fragments=f, fragment_charges=q)
+                s = score_frames(ensemble, positions, numbers, boxes, total_charge=self._charge(run["structure"]), **frag)
+                stack = np.asarray(positions).reshape(len(positions), len(numbers), 3)
+                cells = np.asarray(boxes) if boxes is not None else np.zeros((0, 3, 3))
+                atomic_write(score_file, lambda tmp: np.savez(
+                    tmp, max_force_std=s.max_force_std, energy_std=s.energy_std, fingerprints=s.fingerprints,
+                    positions=stack, boxes=cells, numbers=numbers, note=note))
+                self.log(f"  md {run['name']}: {len(positions)} frames, max force std "
+                         f"{(s.max_force_std.max() if len(positions) else float('nan')):.1f} kJ/mol/nm {note}")
+            with np.load(score_file) as z:
+                scores[run["name"]] = FrameScores(z["max_force_std"], z["energy_std"], z["fingerprints"])
+        return scores
+
+    def _charge(self, structure: str) -> float:
+        if self.al["molecule_charges"] is None:
+            return float(self.al["total_charge"])
+        from hybridpot.openmm.system import fragment_assignment
+
+        return float(fragment_assignment(_openmm_topology(structure), self.al["molecule_charges"])[1].sum())
+
+    def select(self, k: int) -> List[Frame]:
+        """Stage 4: frames above the threshold, diverse; writes candidates.csv and selected.xyz."""
+        scores = self.explore(k)
+        names, frame_ids, values, prints = [], [], [], []
+        for name, s in scores.items():
+            for f in range(len(s.max_force_std)):
+                names.append(name)
+                frame_ids.append(f)
+            values.append(s.max_force_std)
+            prints.append(s.fingerprints)
+        values = np.concatenate(values) if values else np.zeros(0)
+        width = max((p.shape[1] for p in prints if p.size), default=0)
+        prints = np.concatenate([p.reshape(len(p), width) for p in prints]) if values.size else np.zeros((0, 0))
+        sel = self.al["selection"]
+        chosen = select_frames(values, prints, threshold=sel["threshold"], max_frames=sel["max_frames"], upper=sel["upper"])
+        chosen_set = set(chosen)
+        lines = ["run,frame,max_force_std_kj_mol_nm,selected"]
+        lines += [f"{n},{f},{float(v)!r},{int(i in chosen_set)}" for i, (n, f, v) in enumerate(zip(names, frame_ids, values))]
+        atomic_write_text("\n".join(lines) + "\n", self.iteration_dir(k) / "candidates.csv")
+        frames = [self._frame(k, names[i], frame_ids[i]) for i in chosen]
+        write_extxyz(frames, self.iteration_dir(k) / "selected.xyz")
+        return frames
+
+    def _frame(self, k: int, run: str, index: int) -> Frame:
+        with np.load(self.iteration_dir(k) / "md" / run / "scores.npz") as z:
+            cell = z["boxes"][index] if len(z["boxes"]) else None
+            structure = next(r["structure"] for r in self._runs() if r["name"] == run)
+            return Frame(atomic_numbers=z["numbers"], positions=z["positions"][index], cell=cell,
+                         pbc=np.full(3, cell is not None), total_charge=self._charge(structure),
+                         source=f"{run}", index=int(index))
+
+    def label(self, k: int) -> Dict[str, Any]:
+        """Stage 5: label the selected frames with the oracle (one file per frame; failures recorded)."""
+        from hybridpot.active.oracles import make_oracle
+
+        frames = self.select(k)
+        folder = self.iteration_dir(k) / "labels"
+        folder.mkdir(parents=True, exist_ok=True)
+        oracle = None
+        todo = [f for f in frames if not (folder / f"{f.source}_{f.index}.xyz").is_file()
+                and not (folder / f"{f.source}_{f.index}.failed").is_file()]
+        if todo:
+            oracle = make_oracle(self.al["oracle"])
+            report = oracle.label_many(todo, progress=True)
+            for frame in report.frames:
+                write_extxyz([frame], folder / f"{frame.source}_{frame.index}.xyz")
+            for index, message in report.failures:
+                atomic_write_text(message + "\n", folder / f"{todo[index].source}_{todo[index].index}.failed")
+            self.log(f"  {report.summary()}")
+        labelled, failed = [], []
+        for f in frames:
+            path = folder / f"{f.source}_{f.index}.xyz"
+            if path.is_file():
+                labelled.extend(read_extxyz(path))
+            else:
+                failed.append(f"{f.source} frame {f.index}: {(folder / (path.stem + '.failed')).read_text().strip()}")
+        write_extxyz(labelled, self.iteration_dir(k) / "labelled.xyz")
+        return {"selected": len(frames), "labelled": len(labelled), "failed": failed}
+
+    def iteration(self, k: int) -> Dict[str, Any]:
+        """All stages of iteration ``k`` (resuming what is done); returns and writes its summary."""
+        path = self.iteration_dir(k) / "summary.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        start = time.time()
+        self.log(f"iteration {k}: training the ensemble")
+        result = self.train(k)
+        self.log(f"iteration {k}: exploring with MD")
+        scores = self.explore(k)
+        outcome = self.label(k)
+        values = np.concatenate([s.max_force_std for s in scores.values()]) if scores else np.zeros(0)
+        threshold = self.al["selection"]["threshold"]
+        val = result.metrics.get("val", {})
+        summary = {
+            "iteration": k,
+            "n_data": len(read_extxyz(self.iteration_dir(k) / "data.xyz")),
+            "val_energy_mae_kj_mol_atom": val.get("energy_per_atom", {}).get("mae"),
+            "val_forces_mae_kj_mol_nm": val.get("forces", {}).get("mae"),
+            "n_explored": int(values.size),
+            "fraction_uncertain": float((values > threshold).mean()) if values.size else 0.0,
+            "n_selected": outcome["selected"],
+            "n_labelled": outcome["labelled"],
+            "n_failed": len(outcome["failed"]),
+            "max_force_std_kj_mol_nm": float(values.max()) if values.size else None,
+            "minutes": (time.time() - start) / 60.0,
+            "threshold_kj_mol_nm": threshold,
+            "failures": outcome["failed"],
+        }
+        atomic_write_text(json.dumps(summary, indent=2), path)
+        return summary
+
+    def final(self):
+        """Train an ensemble on all data (iteration data + the last labelled frames) in ``final/``."""
+        last = self.al["iterations"]
+        folder = self.output / "final"
+        data_path = folder / "data.xyz"
+        if not data_path.is_file():
+            previous = self.iteration_dir(last - 1)
+            frames = list(read_extxyz(previous / "data.xyz")) + list(read_extxyz(previous / "labelled.xyz"))
+            write_extxyz(frames, data_path)
+        from hybridpot.train.ensemble import train_ensemble
+
+        return train_ensemble(self._iteration_config(data_path), folder, log=self.log)
+
+    def write_summary(self, rows: List[Dict[str, Any]]) -> Path:
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(SUMMARY_COLUMNS)
+        for row in rows:
+            writer.writerow(["" if row.get(c) is None else (f"{row[c]:.6g}" if isinstance(row[c], float) else row[c])
+                             for c in SUMMARY_COLUMNS])
+        path = self.output / "summary.csv"
+        atomic_write_text(out.getvalue(), path)
+        return path
+
+    def run(self) -> List[Dict[str, Any]]:
+        """Every iteration (skipping finished ones), then the final ensemble; returns the summaries."""
+        rows = []
+        for k in range(self.al["iterations"]):
+            row = self.iteration(k)
+            rows.append(row)
+            self.write_summary(rows)
+            self.log(summary_line(row))
+        if self.al["final_training"]:
+            result = self.final()
+            self.log(f"final ensemble on {len(read_extxyz(self.output / 'final' / 'data.xyz'))} frames: "
+                     f"{result.ensemble_path}")
+        return rows
+
+
+def summary_line(row: Dict[str, Any]) -> str:
+    """One human-readable line per iteration."""
+    e, f = row.get("val_energy_mae_kj_mol_atom"), row.get("val_forces_mae_kj_mol_nm")
+    errors = "n/a" if e is None else f"val MAE {e:.3f} kJ/mol/atom, {f:.1f} kJ/mol/nm"
+    return (f"iteration {row['iteration']}: {row['n_data']} frames, {errors}; "
+            f"{100 * row['fraction_uncertain']:.0f}% of {row['n_explored']} explored frames above "
+            f"{row['threshold_kj_mol_nm']:g} kJ/mol/nm; selected {row['n_selected']}, labelled {row['n_labelled']}, "
+            f"failed {row['n_failed']} ({row['minutes']:.1f} min)")
+
+
+def _openmm_topology(structure: str):
+    import openmm.app as app
+
+    return app.PDBFile(structure).topology
+
+
+def run_active_learning(config: Union[Dict[str, Any], str, os.PathLike], output: Union[str, os.PathLike],
+                        *, log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
+    """Run or resume the loop; ``config`` is a dict or the path of a YAML file."""
+    if not isinstance(config, dict):
+        config = load_active_config(config)
+    return ActiveLearner(config, output, log=log).run()
