@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import List, Optional
 
@@ -80,6 +81,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         result = train(config, output, resume=args.resume)
     except KeyboardInterrupt:
         return 130
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        return 130 if result.stopped == "interrupted" else 0
     print(f"{result.stopped} after {result.epochs} epochs ({result.elapsed_s / 60:.1f} min); "
           f"best epoch {result.best_epoch}: validation force MAE {result.best_val_forces_mae:.2f} kJ/mol/nm")
     if result.stopped == "interrupted":
@@ -101,6 +104,8 @@ def _train_ensemble(config: dict, output: str, size: Optional[int]) -> int:
         return 130
     if result.stopped == "interrupted":
         return 130
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        return 0
     for name in ("val", "test"):
         m = result.metrics.get(name)
         if m:
