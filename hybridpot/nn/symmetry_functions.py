@@ -110,6 +110,9 @@ class SymmetryFunctions(torch.nn.Module):
         zeta_grid = [z for z in zetas for _ in lambdas]
         lambda_grid = [lam for _ in zetas for lam in lambdas]
         self.register_buffer("zetas", torch.tensor(zeta_grid, dtype=torch.float32))
+        self.zeta_values: List[float] = zetas
+        self.lambda_values: List[float] = lambdas
+        self.integer_zetas = all(z == int(z) and 1 <= z <= 16 for z in zetas)
         self.register_buffer("lambdas", torch.tensor(lambda_grid, dtype=torch.float32))
         self.radial_eta = float(params["radial_eta"])  # type: ignore[arg-type]
         self.angular_eta = float(params["angular_eta"])  # type: ignore[arg-type]
@@ -126,6 +129,23 @@ class SymmetryFunctions(torch.nn.Module):
                 pair_type[b, a] = k
                 k += 1
         self.register_buffer("pair_type", pair_type)
+
+    def _angular_factor(self, cos_t: Tensor) -> Tensor:
+        """2^(1-zeta) (1 + lambda cos)^zeta, (T, n_zeta * n_lambda); integer zetas by repeated products."""
+        dtype = cos_t.dtype
+        if self.integer_zetas:
+            columns: List[Tensor] = []
+            bases = [1.0 + lam * cos_t for lam in self.lambda_values]
+            for zeta in self.zeta_values:
+                for base in bases:
+                    power = base
+                    for _ in range(int(zeta) - 1):
+                        power = power * base
+                    columns.append(power * 2.0 ** (1.0 - zeta))
+            return torch.stack(columns, dim=-1)
+        zetas = self.zetas.to(dtype)
+        lambdas = self.lambdas.to(dtype)
+        return torch.pow(2.0, 1.0 - zetas) * torch.pow(1.0 + lambdas * cos_t.unsqueeze(-1), zetas)
 
     def forward(self, species: Tensor, i: Tensor, j: Tensor, vectors: Tensor, distances: Tensor) -> Tensor:
         """species: (N,); i, j: (P,) full pair list; vectors: (P, 3) nm; distances: (P,) nm."""
@@ -146,18 +166,14 @@ class SymmetryFunctions(torch.nn.Module):
         adist = distances[keep]
         pa, pb = triplets(ai, n_atoms)
         center = ai[pa]
-        ra = adist[pa]
-        rb = adist[pb]
-        cos_t = (avec[pa] * avec[pb]).sum(-1) / (ra * rb)
-        fca = cutoff_function(ra, self.angular_cutoff, self.cutoff_kind)
-        fcb = cutoff_function(rb, self.angular_cutoff, self.cutoff_kind)
-        zetas = self.zetas.to(dtype)
-        lambdas = self.lambdas.to(dtype)
-        ang = torch.pow(2.0, 1.0 - zetas) * torch.pow(1.0 + lambdas * cos_t.unsqueeze(-1), zetas)
+        # per-pair quantities first, then one gather per triplet (cheaper than per-triplet divisions)
+        unit = avec / adist.unsqueeze(-1)
+        fc_a = cutoff_function(adist, self.angular_cutoff, self.cutoff_kind)
+        cos_t = (unit[pa] * unit[pb]).sum(-1)
         ashifts = self.angular_shifts.to(dtype)
-        rad = torch.exp(-self.angular_eta * ((0.5 * (ra + rb)).unsqueeze(-1) - ashifts) ** 2)
-        rad = rad * (fca * fcb).unsqueeze(-1)
-        terms = (rad.unsqueeze(-1) * ang.unsqueeze(-2)).reshape(rad.shape[0], self.n_angular)
+        rad = torch.exp(-self.angular_eta * ((0.5 * (adist[pa] + adist[pb])).unsqueeze(-1) - ashifts) ** 2)
+        rad = rad * (fc_a[pa] * fc_a[pb]).unsqueeze(-1)
+        terms = (rad.unsqueeze(-1) * self._angular_factor(cos_t).unsqueeze(-2)).reshape(rad.shape[0], self.n_angular)
         ptype = self.pair_type[species[aj[pa]], species[aj[pb]]]
         angular = torch.zeros(n_atoms * self.n_pairs, self.n_angular, dtype=dtype, device=vectors.device)
         angular = angular.index_add(0, center * self.n_pairs + ptype, terms)
