@@ -133,7 +133,7 @@ def test_batch_equals_one_by_one(arch, mode):
     (grad,) = torch.autograd.grad(out["energy"].sum(), pos)
     for b, (p, zz) in enumerate(mols):
         e, f = forces_of(energy_function(model, zz, mode), p)
-        assert float(out["energy"][b]) == pytest.approx(e, rel=1e-12, abs=1e-12)
+        assert float(out["energy"][b].detach()) == pytest.approx(e, rel=1e-12, abs=1e-12)
         np.testing.assert_allclose(-grad[ptr[b] : ptr[b + 1]].numpy(), f, rtol=1e-10, atol=1e-10)
 
 
