@@ -397,6 +397,8 @@ def test_parameters_follow_the_box():
     assert real_space_cutoff(torch.eye(3, dtype=F64) * 3.0, None) == 1.0
     assert abs(real_space_cutoff(torch.eye(3, dtype=F64) * 1.6, None) - 0.8) < 1e-12
     assert real_space_cutoff(torch.eye(3, dtype=F64) * 1.6, 1.2) == 1.2
+    # PME's default is shorter (0.5 nm, finer mesh); the OpenMM comparisons above run with it
+    assert Electrostatics("pme").max_default_cutoff == 0.5 and Electrostatics("ewald").max_default_cutoff == 1.0
     # a sheared cell: the shortest height (1.0 nm), not the edge length, limits the cutoff
     sheared = torch.tensor([[2.0, 0.0, 0.0], [1.5, 1.0, 0.0], [0.0, 0.0, 2.0]], dtype=F64)
     assert abs(real_space_cutoff(sheared, None) - 0.5) < 1e-12

@@ -48,7 +48,9 @@ from torch import Tensor
 from torchpme.lib import MeshInterpolator, generate_kvectors_for_mesh
 
 from hybridpot.physics.ewald_params import (
+    MAX_DEFAULT_CUTOFF,
     MAX_EWALD_TERMS,
+    PME_DEFAULT_CUTOFF,
     PME_ORDER,
     bspline_at_integers,
     ewald_alpha,
@@ -220,8 +222,10 @@ class Electrostatics(torch.nn.Module):
     method: ``"direct"`` (open systems), ``"ewald"`` or ``"pme"`` (periodic)
     accuracy: target relative force error of the Ewald/PME sums (OpenMM's ewaldErrorTolerance)
     charge_width: Gaussian charge width sigma (nm), or None for point charges
-    cutoff: real-space cutoff (nm) for ewald/pme; None: min(1 nm, half the shortest box height),
-        re-evaluated for every frame's box
+    cutoff: real-space cutoff (nm) for ewald/pme; None: min(0.5 nm (pme) or 1 nm (ewald), half the
+        shortest box height), re-evaluated for every frame's box. PME moves work from the real-space
+        pair sum (~r_c^3 pairs per atom) to the mesh: on a 2685-atom water box at accuracy 5e-4,
+        energy + forces cost 44 ms CPU at 0.5 nm vs 107 ms at 0.9 nm (1 thread), same accuracy
 
     ``forward(positions (N, 3) nm, charges (N,) e, box (B, 3, 3) nm or None, ptr (B + 1,) int64)``
     returns energies (B,) kJ/mol; atoms of frame b are ``ptr[b]:ptr[b + 1]``. Nothing is detached:
@@ -239,6 +243,7 @@ class Electrostatics(torch.nn.Module):
     coulomb: Final[float]
     charge_width: Optional[float]
     cutoff: Optional[float]
+    max_default_cutoff: Final[float]
 
     def __init__(
         self,
@@ -266,6 +271,7 @@ class Electrostatics(torch.nn.Module):
         self.accuracy = float(accuracy)
         self.charge_width = None if charge_width is None else float(charge_width)
         self.cutoff = None if cutoff is None else float(cutoff)
+        self.max_default_cutoff = PME_DEFAULT_CUTOFF if method == "pme" else MAX_DEFAULT_CUTOFF
         self.pme = PMEReciprocal(PME_ORDER)
 
     def forward(self, positions: Tensor, charges: Tensor, box: Optional[Tensor], ptr: Tensor) -> Tensor:
@@ -297,7 +303,7 @@ class Electrostatics(torch.nn.Module):
     def _periodic(self, positions: Tensor, charges: Tensor, box: Tensor) -> Tensor:
         if positions.shape[0] == 0:
             return (positions.sum() + charges.sum() + box.sum()) * 0.0
-        cutoff = real_space_cutoff(box, self.cutoff)
+        cutoff = real_space_cutoff(box, self.cutoff, self.max_default_cutoff)
         alpha = ewald_alpha(self.accuracy, cutoff)
         width = self.charge_width
         pair_cutoff = cutoff
