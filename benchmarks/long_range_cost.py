@@ -5,17 +5,25 @@ For each box size this times, per energy+forces evaluation (forward + autograd b
 - ``mlp``: the short-range model alone (E_MLP; default Behler-Parrinello, 0.5 nm cutoff)
 - ``elec``: hybridpot's PME (``Electrostatics(method="pme")``) on the TIP3P charges
 - ``disp``: D3(BJ) with MD-style cutoffs (see --d3-cutoff; the dftd3 library's 60 bohr default
-  would need ~10^4 pairs per atom)
+  would need ~10^4 pairs per atom), optionally with its mean-field tail correction (--d3-tail)
 - ``hybrid``: the full model (MLP + charge head + PME + D3) in one graph
 - ``openmm_pme``: OpenMM's NonbondedForce (PME, charges only, same accuracy) on the CPU platform,
   measured in the same run as the baseline
 
 and prints the ratio (elec + disp) / mlp (target <= 1) and the fitted scaling exponents (PME should
-scale as N log N, i.e. an exponent a little above 1).
+scale as N log N, i.e. an exponent a little above 1). Times are medians of process CPU time (all
+threads), which other jobs on a shared machine disturb much less than wall time; wall times are
+stored in the JSON file next to them.
 
     python benchmarks/long_range_cost.py                 # default sizes
     python benchmarks/long_range_cost.py --quick         # two small sizes, for a smoke run
     python benchmarks/long_range_cost.py --sizes 650 3000 30000 --repeats 3
+    python benchmarks/long_range_cost.py --terms disp --d3-cutoff 0.8 --d3-tail   # D3 alone
+    python benchmarks/long_range_cost.py --d3-accuracy --sizes 1500     # D3 cutoffs vs dftd3, no timing
+
+``--d3-accuracy`` prices the shorter D3 cutoffs instead: energy (per atom), forces and virial of
+D3(BJ)-PBE in float64 at several cutoffs, with and without the tail correction, against the official
+``dftd3`` library at its default 60 bohr and at 100 bohr (close to converged).
 """
 
 from __future__ import annotations
@@ -45,9 +53,10 @@ def tip3p_charges(atomic_numbers: np.ndarray) -> np.ndarray:
     return np.where(atomic_numbers == 8, -0.834, 0.417)
 
 
-def timed(fn, warmup: int, repeats: int) -> float:
-    """Median seconds per call."""
-    return statistics.median(common.time_calls(fn, warmup=warmup, repeats=repeats))
+def timed(fn, warmup: int, repeats: int) -> Dict[str, float]:
+    """Median process CPU seconds ("cpu") and wall seconds ("wall") per call."""
+    wall, cpu = common.time_calls_with_cpu(fn, warmup=warmup, repeats=repeats)
+    return {"cpu": statistics.median(cpu), "wall": statistics.median(wall)}
 
 
 def energy_and_forces(energy_of):
@@ -58,7 +67,9 @@ def energy_and_forces(energy_of):
     return run
 
 
-def openmm_pme_seconds(box: common.WaterBox, accuracy: float, cutoff: float, warmup: int, repeats: int) -> float:
+def openmm_pme_seconds(
+    box: common.WaterBox, accuracy: float, cutoff: float, warmup: int, repeats: int
+) -> Dict[str, float]:
     import openmm
 
     system = openmm.System()
@@ -72,7 +83,9 @@ def openmm_pme_seconds(box: common.WaterBox, accuracy: float, cutoff: float, war
         nb.addParticle(float(q), 1.0, 0.0)
     system.addForce(nb)
     system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box.box_nm])
-    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("CPU"))
+    platform = openmm.Platform.getPlatformByName("CPU")
+    properties = {"Threads": str(torch.get_num_threads())}
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001), platform, properties)
     context.setPositions(box.positions_nm)
 
     def run():
@@ -90,6 +103,7 @@ def measure(box: common.WaterBox, args: argparse.Namespace) -> Dict[str, Any]:
     ptr = torch.tensor([0, box.n_atoms])
     q = torch.tensor(tip3p_charges(box.atomic_numbers), dtype=dtype)
     d3_options = {"cutoff": args.d3_cutoff, "cn_cutoff": args.d3_cn_cutoff, "taper_width": args.d3_taper}
+    disp_options = dict(d3_options, tail_correction=True) if args.d3_tail else d3_options
 
     base = {"elements": ["H", "O"], "architecture": args.arch, "periodic": True, "cutoff": 0.5, "dtype": args.dtype}
     mlp = hybridpot.build_model(base)
@@ -102,7 +116,7 @@ def measure(box: common.WaterBox, args: argparse.Namespace) -> Dict[str, Any]:
         )
     )
     elec = Electrostatics(method="pme", accuracy=args.accuracy, cutoff=args.pme_cutoff).to(dtype)
-    disp = D3Dispersion.from_functional("pbe", elements=[1, 8], **d3_options).to(dtype)
+    disp = D3Dispersion.from_functional("pbe", elements=[1, 8], **disp_options).to(dtype)
     if args.mode == "scripted":
         mlp, hybrid, elec, disp = (torch.jit.script(m) for m in (mlp, hybrid, elec, disp))
 
@@ -117,9 +131,52 @@ def measure(box: common.WaterBox, args: argparse.Namespace) -> Dict[str, Any]:
     }
     row: Dict[str, Any] = {"atoms": box.n_atoms}
     for name, fn in calls.items():
-        row[name] = timed(energy_and_forces(fn), args.warmup, args.repeats)
-    row["openmm_pme"] = openmm_pme_seconds(box, args.accuracy, args.pme_cutoff, 3, max(args.repeats, 5))
+        if name in args.terms:
+            row[name] = timed(energy_and_forces(fn), args.warmup, args.repeats)
+    if "openmm_pme" in args.terms:
+        row["openmm_pme"] = openmm_pme_seconds(box, args.accuracy, args.pme_cutoff, 3, max(args.repeats, 5))
     return row
+
+
+def d3_accuracy(box: common.WaterBox, args: argparse.Namespace) -> List[Dict[str, Any]]:
+    """D3 at (cutoff, taper) x (tail off, on) against dftd3 at 60 and 100 bohr; float64."""
+    from dftd3.interface import DispersionModel, RationalDampingParam
+
+    from hybridpot.units import KJ_PER_MOL_PER_HARTREE, NM_PER_BOHR
+
+    pos, numbers, cell = box.positions_nm, box.atomic_numbers, np.asarray(box.box_nm)
+    n = box.n_atoms
+
+    def library(cutoff_bohr: float):
+        model = DispersionModel(numbers, pos / NM_PER_BOHR, lattice=cell / NM_PER_BOHR, periodic=np.array([True] * 3))
+        model.set_realspace_cutoff(cutoff_bohr, 40.0, 40.0)
+        res = model.get_dispersion(RationalDampingParam(method="pbe"), grad=True)
+        forces = -res["gradient"] * KJ_PER_MOL_PER_HARTREE / NM_PER_BOHR
+        return float(res["energy"]) * KJ_PER_MOL_PER_HARTREE, forces, np.trace(res["virial"]) * KJ_PER_MOL_PER_HARTREE
+
+    e60, _, _ = library(60.0)
+    e100, f100, virial100 = library(100.0)
+    f_rms = float(np.sqrt(np.mean(f100**2)))
+    rows = []
+    for cutoff, taper in [(0.8, 0.0), (0.8, 0.2), (1.0, 0.2), (1.2, 0.0), (1.2, 0.2)]:
+        for tail in (False, True):
+            options = {"cutoff": cutoff, "cn_cutoff": args.d3_cn_cutoff, "taper_width": taper}
+            module = D3Dispersion.from_functional("pbe", elements=[1, 8], tail_correction=tail, **options)
+            x = torch.tensor(pos, requires_grad=True)
+            b = torch.tensor(cell, requires_grad=True)
+            energy = module(x, torch.tensor(numbers), b)[0]
+            gx, gb = torch.autograd.grad(energy, [x, b])
+            energy = energy.detach()
+            virial = np.trace(pos.T @ gx.numpy() + cell.T @ gb.numpy())  # strain derivative, as dftd3's
+            f_err = float(np.sqrt(np.mean((-gx.numpy() - f100) ** 2)))
+            rows.append(
+                {"atoms": n, "cutoff": cutoff, "taper": taper, "tail": tail,
+                 "de_per_atom_vs_60bohr": (float(energy) - e60) / n,
+                 "de_per_atom_vs_100bohr": (float(energy) - e100) / n,
+                 "force_rms_error": f_err, "force_rms_error_rel": f_err / f_rms, "force_rms_100bohr": f_rms,
+                 "virial_ratio": virial / virial100}
+            )
+    return rows
 
 
 def main(argv: List[str] | None = None) -> int:
@@ -136,6 +193,14 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--d3-cutoff", type=float, default=1.2, help="D3 pair cutoff, nm (default 1.2)")
     parser.add_argument("--d3-cn-cutoff", type=float, default=0.8, help="D3 coordination-number cutoff, nm")
     parser.add_argument("--d3-taper", type=float, default=0.2, help="D3 smooth switch width, nm (default 0.2)")
+    parser.add_argument("--d3-tail", action="store_true",
+                        help="add D3's mean-field tail correction beyond the cutoff (the 'disp' term only)")
+    parser.add_argument("--terms", nargs="+", default=list(TERMS), choices=TERMS,
+                        help="terms to time (default: all)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch (and OpenMM CPU platform) threads (default 1)")
+    parser.add_argument("--d3-accuracy", action="store_true",
+                        help="compare D3 cutoffs (+- tail correction) with the dftd3 library instead of timing")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls; the median is reported")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "long_range_cost.json"))
@@ -144,6 +209,25 @@ def main(argv: List[str] | None = None) -> int:
         args.sizes, args.repeats = [650, 1500], 2
     if args.mode == "scripted":
         args.warmup = max(args.warmup, 15)  # TorchScript's profiling executor: slow first calls
+    torch.set_num_threads(args.threads)
+    if args.d3_accuracy:
+        rows = [row for size in args.sizes for row in d3_accuracy(common.water_box(size), args)]
+        headers = ["atoms", "cutoff nm", "taper nm", "tail", "dE/atom vs 60 bohr", "dE/atom vs 100 bohr",
+                   "force rms err", "(rel)", "virial / 100 bohr"]
+        table = [
+            [r["atoms"], r["cutoff"], r["taper"], "yes" if r["tail"] else "no", f"{r['de_per_atom_vs_60bohr']:+.2e}",
+             f"{r['de_per_atom_vs_100bohr']:+.2e}", f"{r['force_rms_error']:.3f}", f"{r['force_rms_error_rel']:.1e}",
+             f"{r['virial_ratio']:.4f}"]
+            for r in rows
+        ]
+        print("D3(BJ)-PBE, float64, CN cutoff {} nm, against dftd3 (60 / 100 bohr, CN 40 bohr); energies "
+              "kJ/mol/atom, forces kJ/mol/nm (D3 force rms at 100 bohr: {})".format(
+                  args.d3_cn_cutoff, ", ".join(sorted({f"{r['force_rms_100bohr']:.2f}" for r in rows}))))
+        print(common.format_table(headers, table))
+        out = args.out.replace("long_range_cost.json", "long_range_d3_accuracy.json")
+        common.write_json({"settings": vars(args), "rows": rows}, out)
+        print(f"wrote {out}")
+        return 0
 
     rows = []
     for size in args.sizes:
@@ -153,23 +237,32 @@ def main(argv: List[str] | None = None) -> int:
         rows.append(row)
         print(f"  {box.n_atoms:6d} atoms measured in {time.perf_counter() - start:.1f} s", file=sys.stderr)
 
+    terms = [t for t in TERMS if t in args.terms]
     table = []
     for r in rows:
-        ratio = (r["elec"] + r["disp"]) / r["mlp"]
-        table.append(
-            [r["atoms"]] + [f"{1e3 * r[t]:.1f}" for t in TERMS] + [f"{ratio:.2f}", f"{r['elec'] / r['openmm_pme']:.1f}"]
-        )
-    headers = ["atoms"] + [f"{t} ms" for t in TERMS] + ["(elec+disp)/mlp", "elec/openmm_pme"]
+        cpu = {t: r[t]["cpu"] for t in terms}
+        ratios = []
+        if {"elec", "disp", "mlp"} <= set(terms):
+            ratios.append(f"{(cpu['elec'] + cpu['disp']) / cpu['mlp']:.2f}")
+        if {"elec", "openmm_pme"} <= set(terms):
+            ratios.append(f"{cpu['elec'] / cpu['openmm_pme']:.1f}")
+        table.append([r["atoms"]] + [f"{1e3 * cpu[t]:.1f}" for t in terms] + ratios)
+    headers = ["atoms"] + [f"{t} ms" for t in terms]
+    headers += ["(elec+disp)/mlp"] if {"elec", "disp", "mlp"} <= set(terms) else []
+    headers += ["elec/openmm_pme"] if {"elec", "openmm_pme"} <= set(terms) else []
+    print("CPU time per energy + forces evaluation (median, ms):")
     print(common.format_table(headers, table))
-    fits = {t: common.fit_power_law([r["atoms"] for r in rows], [r[t] for r in rows]) for t in TERMS}
-    print("scaling exponents (time ~ N^k): " + ", ".join(f"{t} {fits[t]['exponent']:.2f}" for t in TERMS))
+    fits = {t: common.fit_power_law([r["atoms"] for r in rows], [r[t]["cpu"] for r in rows]) for t in terms}
+    print("scaling exponents (CPU time ~ N^k): " + ", ".join(f"{t} {fits[t]['exponent']:.2f}" for t in terms))
     print("targets: (elec + disp) <= mlp at every size; PME ~ N log N (k slightly above 1)")
+    tail = " + tail correction" if args.d3_tail else ""
     print(
         f"settings: {args.arch} {args.mode} {args.dtype}; PME accuracy {args.accuracy}, cutoff {args.pme_cutoff} nm; "
-        f"D3 cutoff {args.d3_cutoff} nm (CN {args.d3_cn_cutoff} nm, taper {args.d3_taper} nm); "
+        f"D3 cutoff {args.d3_cutoff} nm (CN {args.d3_cn_cutoff} nm, taper {args.d3_taper} nm){tail}; "
         f"torch threads {torch.get_num_threads()}; {common.load_string()}"
     )
-    common.write_json({"settings": vars(args), "rows": rows, "exponents": fits, "machine": common.machine_info()}, args.out)
+    machine = common.machine_info()
+    common.write_json({"settings": vars(args), "rows": rows, "exponents": fits, "machine": machine}, args.out)
     print(f"wrote {args.out}")
     return 0
 

@@ -74,17 +74,28 @@ def _build_electrostatics(cfg: Dict[str, Any]) -> Optional[torch.nn.Module]:
     return Electrostatics(method=method, accuracy=e["accuracy"], charge_width=e["charge_width"], cutoff=e["cutoff"])
 
 
+#: D3 settings of periodic models whose config leaves them None (nm): see DEFAULT_MODEL_CONFIG.
+MD_D3_CUTOFF = 1.0
+MD_D3_CN_CUTOFF = 0.8
+MD_D3_TAPER = 0.2
+
+
 def _build_dispersion(cfg: Dict[str, Any], numbers: List[int]) -> Optional[torch.nn.Module]:
     d = cfg["dispersion"]
     if not d["enabled"]:
         return None
     from hybridpot.physics.dispersion import D3Dispersion
 
-    options: Dict[str, Any] = {"elements": numbers, "taper_width": float(d["taper_width"])}
-    if d["cutoff"] is not None:
-        options["cutoff"] = float(d["cutoff"])
-    if d["cn_cutoff"] is not None:
-        options["cn_cutoff"] = float(d["cn_cutoff"])
+    periodic = bool(cfg["periodic"])
+    options: Dict[str, Any] = {"elements": numbers}
+    presets = (("cutoff", MD_D3_CUTOFF), ("cn_cutoff", MD_D3_CN_CUTOFF), ("taper_width", MD_D3_TAPER))
+    for key, md_value in presets:  # None: the library's defaults for molecules, the MD preset if periodic
+        if d[key] is not None:
+            options[key] = float(d[key])
+        elif periodic:
+            options[key] = md_value
+    tail = d["tail_correction"]
+    options["tail_correction"] = periodic if tail is None else bool(tail)
     return D3Dispersion.from_functional(d["functional"], **options)
 
 

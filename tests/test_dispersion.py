@@ -2,7 +2,9 @@
 
 Reference numbers come from the ``dftd3`` Python package at test time, configured as hybridpot's D3:
 ``RationalDampingParam(method=name)`` (two-body only, s9 = 0: ``atm=False`` is the library default) and
-the library's default real-space cutoffs (60 bohr dispersion, 40 bohr coordination number).
+the library's default real-space cutoffs (60 bohr dispersion, 40 bohr coordination number). The tail
+correction is checked against the library with a long cutoff (120 bohr) and its integrals against
+closed forms and scipy's adaptive quadrature.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import pytest
 import torch
 
 from hybridpot.physics.d3_params import D3BJ_PARAMETERS, d3bj_parameters
-from hybridpot.physics.dispersion import DEFAULT_CN_CUTOFF, DEFAULT_CUTOFF, D3Dispersion, d3_energy
+from hybridpot.physics.dispersion import DEFAULT_CN_CUTOFF, DEFAULT_CUTOFF, D3Dispersion, d3_energy, tail_integrals
 from hybridpot.units import KJ_PER_MOL_PER_HARTREE, NM_PER_ANGSTROM, NM_PER_BOHR
 from physics_checks import check_cutoff_continuity, check_finite_difference_forces, check_invariances, random_rotation
 
@@ -216,9 +218,10 @@ def test_finite_difference_forces(modules):
     check_finite_difference_forces(energy_function(modules["pbe"], z), pos, step=1e-5, atol=1e-6)
 
 
-def test_finite_difference_box_derivative():
+@pytest.mark.parametrize("tail", [False, True], ids=["plain", "tail"])
+def test_finite_difference_box_derivative(tail):
     pos, z, box = water_box(n_side=2)
-    module = D3Dispersion.from_functional("pbe", cutoff=1.0, cn_cutoff=0.8, taper_width=0.2)
+    module = D3Dispersion.from_functional("pbe", cutoff=1.0, cn_cutoff=0.8, taper_width=0.2, tail_correction=tail)
     _, _, dbox = ours(module, pos, z, box)
     step = 1e-5
     fd = np.zeros((3, 3))
@@ -249,6 +252,99 @@ def test_taper_makes_cutoff_smooth():
         check_cutoff_continuity(energy_function(sharp, z), pos, probe=3, anchor=0, radius=0.6)
 
 
+# --- tail correction -------------------------------------------------------------------------------
+def pair_weight(r, cutoff, width):
+    """The pair weight S(r) of D3Dispersion, written out: 1, the quintic switch, 0."""
+    if r >= cutoff:
+        return 0.0
+    if width == 0.0 or r <= cutoff - width:
+        return 1.0
+    x = (r - (cutoff - width)) / width
+    return 1.0 - x**3 * (10.0 - 15.0 * x + 6.0 * x * x)
+
+
+@pytest.mark.parametrize("width", [0.0, 0.2])
+def test_tail_integrals_match_quadrature(width):
+    from scipy.integrate import quad
+
+    s6, cutoff = 0.75, 0.9
+    r0 = np.array([0.25, 0.4])  # nm
+    s8q = np.array([0.3, 0.02])  # nm^2
+    j = tail_integrals(r0, s8q, s6, cutoff, width)
+    for k in range(2):
+
+        def integrand(r):
+            dispersion = s6 / (r**6 + r0[k] ** 6) + s8q[k] / (r**8 + r0[k] ** 8)
+            return (1.0 - pair_weight(r, cutoff, width)) * r * r * dispersion
+
+        expected = quad(integrand, cutoff, np.inf, epsabs=0.0, epsrel=1e-13)[0]
+        if width > 0.0:
+            expected += quad(integrand, cutoff - width, cutoff, epsabs=0.0, epsrel=1e-13)[0]
+        assert j[k] == pytest.approx(expected, rel=1e-11)
+    # closed form for the C6 term alone with a sharp cutoff: (pi/2 - atan(rc^3 / r0^3)) / (3 r0^3)
+    closed = (np.pi / 2 - np.arctan(cutoff**3 / r0**3)) / (3 * r0**3)
+    np.testing.assert_allclose(tail_integrals(r0, 0.0 * s8q, 1.0, cutoff, 0.0), closed, rtol=1e-13)
+
+
+@pytest.fixture(scope="module")
+def converged_water():
+    """The 64-water box against dftd3 with a 120 bohr cutoff: within ~3e-4 kJ/mol/atom of converged."""
+    pos, z, box = water_box()
+    return (pos, z, box), reference("pbe", pos, z, box, cutoffs=(120.0, 40.0, 40.0))
+
+
+@pytest.mark.parametrize("cutoff", [0.8, 1.0])
+def test_tail_correction_recovers_long_cutoff_energy_and_virial(converged_water, cutoff):
+    """Short cutoff + taper + tail is close to the library with a long cutoff; without the tail it is not."""
+    (pos, z, box), (e_ref, _, virial_ref) = converged_water
+    n = len(z)
+    errors, virial_ratio = {}, {}
+    for tail in (False, True):
+        module = D3Dispersion.from_functional(
+            "pbe", elements=[1, 8], cutoff=cutoff, taper_width=0.2, tail_correction=tail
+        )
+        e, f, dbox = ours(module, pos, z, box)
+        errors[tail] = (e - e_ref) / n
+        sigma = (pos.T @ -f + box.T @ dbox) / KJ_PER_MOL_PER_HARTREE
+        virial_ratio[tail] = np.trace(sigma) / np.trace(virial_ref)
+    # kJ/mol/atom; this box is a jittered lattice, less uniform beyond the cutoff than a liquid
+    assert errors[False] > 0.08  # truncation loses attraction
+    assert abs(errors[True]) < 0.08 * errors[False] and abs(errors[True]) < 0.01
+    assert abs(virial_ratio[False] - 1.0) > 0.02
+    assert abs(virial_ratio[True] - 1.0) < 0.01
+
+
+def test_tail_correction_is_extensive_and_zero_for_molecules(modules):
+    """A 2 x 2 x 2 supercell has 8 times the energy (tail included); molecules get no tail."""
+    pos, z, box = water_box(n_side=2)
+    options = {"elements": [1, 8], "cutoff": 0.8, "cn_cutoff": 0.6, "taper_width": 0.2}
+    module = D3Dispersion.from_functional("pbe", tail_correction=True, **options)
+    shifts = np.stack(np.meshgrid(*[np.arange(2)] * 3, indexing="ij"), -1).reshape(-1, 3) @ box
+    big_pos = np.concatenate([pos + s for s in shifts])
+    e_cell = ours(module, pos, z, box)[0]
+    e_super = ours(module, big_pos, np.tile(z, 8), 2 * box)[0]
+    assert e_super == pytest.approx(8 * e_cell, rel=1e-12)
+    plain = D3Dispersion.from_functional("pbe", **options)
+    assert e_cell < ours(plain, pos, z, box)[0]  # the tail is attractive
+    pos, z = ethanol()
+    tailed = D3Dispersion.from_functional("pbe", tail_correction=True)
+    assert ours(tailed, pos, z)[0] == ours(modules["pbe"], pos, z)[0]
+
+
+def test_tail_correction_forces_and_second_derivatives():
+    """Positions and box derivatives of the tail-corrected energy (gradcheck, gradgradcheck)."""
+    pos, z, box = water_box(n_side=2)
+    module = D3Dispersion.from_functional(
+        "pbe", elements=[1, 8], cutoff=0.6, cn_cutoff=0.5, taper_width=0.1, tail_correction=True
+    )
+    check_finite_difference_forces(energy_function(module, z), pos, box, step=1e-5, atol=1e-6, atoms=[0, 1, 5])
+    pos, z, box = water_box(n_side=1, spacing=0.45)  # one water and its images: a small gradgradcheck
+    x = torch.tensor(pos, requires_grad=True)
+    cell = torch.tensor(box, requires_grad=True)
+    zt = torch.tensor(z)
+    assert torch.autograd.gradgradcheck(lambda p, b: module(p, zt, b), (x, cell))
+
+
 # --- batching, TorchScript, API --------------------------------------------------------------------
 def test_batch_equals_one_by_one(modules):
     (p1, z1), (p2, z2) = ethanol(), acetate()
@@ -260,8 +356,9 @@ def test_batch_equals_one_by_one(modules):
     torch.testing.assert_close(batch, singles, rtol=1e-13, atol=0.0)
 
 
-def test_periodic_batch_equals_one_by_one():
-    module = D3Dispersion.from_functional("pbe", cutoff=1.0, cn_cutoff=0.8)
+@pytest.mark.parametrize("tail", [False, True], ids=["plain", "tail"])
+def test_periodic_batch_equals_one_by_one(tail):
+    module = D3Dispersion.from_functional("pbe", cutoff=1.0, cn_cutoff=0.8, tail_correction=tail)
     (p1, z1, b1), (p2, z2, b2) = water_box(n_side=2, seed=4), water_box(n_side=2, spacing=0.33, seed=5)
     pos = torch.tensor(np.concatenate([p1, p2]))
     z = torch.tensor(np.concatenate([z1, z2]))
@@ -271,8 +368,9 @@ def test_periodic_batch_equals_one_by_one():
     torch.testing.assert_close(batch, torch.cat(singles), rtol=1e-13, atol=0.0)
 
 
-def test_scripted_equals_eager():
-    module = D3Dispersion.from_functional("pbe", elements=[1, 6, 8])
+@pytest.mark.parametrize("tail", [False, True], ids=["plain", "tail"])
+def test_scripted_equals_eager(tail):
+    module = D3Dispersion.from_functional("pbe", elements=[1, 6, 8], tail_correction=tail)
     scripted = torch.jit.script(module)
     for pos, z, box in [(*ethanol(), None), water_box(n_side=2)]:
         box = None if box is None else torch.tensor(box)

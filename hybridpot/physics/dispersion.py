@@ -25,21 +25,43 @@ What this implementation is, to compare it with the official ``dftd3`` library (
   rounding, molecules and periodic cells alike. The sharp truncation makes the energy jump by
   ~1e-6 kJ/mol per pair crossing the cutoff; ``taper_width > 0`` switches pair energies off smoothly
   over the last ``taper_width`` nm instead (no longer identical to the library).
+- ``tail_correction=True`` (periodic frames only; off by default) adds the mean-field energy of the
+  pairs that the cutoff and taper leave out, as if partners were spread uniformly beyond it:
+
+  .. math::
+
+      E_\mathrm{tail} = -\frac{2\pi}{V} \sum_{a,b} C_6^{ab} J_{Z_a Z_b}, \qquad
+      J = \int_0^\infty r^2 \,(1 - S(r)) \left(\frac{s_6}{r^6 + R_0^6} + \frac{s_8 Q}{r^8 + R_0^8}\right) dr
+
+  over all atoms a, b of the cell, S the pair weight used in the sum (1 inside, the taper, 0
+  beyond ``cutoff``). C6 is bilinear in the reference weights, so the double sum costs one
+  contraction of the per-element weight sums; it keeps every atom's own CN (forces) and depends on
+  the volume V (pressure). The coordination numbers are not corrected.
 - Tables come from the installed ``tad-dftd3`` package at construction time (reference C6 and CN,
   r4/r2 values, D3 covalent radii) and are stored as buffers in nm and kJ/mol.
+
+Cost. With MD cutoffs (~1 nm) there are hundreds of pairs per atom, and on CPUs the gathers from atoms
+to pairs and the scatters back (autograd's backward of a gather) cost far more than the arithmetic.
+So the pair loop gathers one-dimensional columns (``torch.gather``, whose backward is a fast
+``scatter_add``) and as few of them as possible: C6 is a dot product over the n_ref references of
+u_i[Z_j] = R[Z_i, Z_j]^T w_i (precomputed per atom and element) with w_j; the damping radius comes
+from one gathered sqrt(Q) per pair; and the coordination numbers reuse the dispersion pairs (a
+selection when under half of them count, else a mask) instead of a second neighbour list.
 
 Everything in ``forward`` is TorchScript-compatible and differentiable (twice) with respect to
 positions and box.
 """
 
-from typing import Dict, Final, List, Optional, Sequence, Tuple
+import math
+from typing import Dict, Final, List, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from hybridpot.physics.cutoffs import polynomial_cutoff
 from hybridpot.physics.d3_params import d3bj_parameters
-from hybridpot.physics.neighbors import batch_neighbors, pair_vectors
+from hybridpot.physics.neighbors import batch_neighbors
 from hybridpot.units import KJ_PER_MOL_PER_HARTREE, NM_PER_ANGSTROM, NM_PER_BOHR
 
 #: Steepness of the D3 counting function.
@@ -86,6 +108,34 @@ def load_reference_tables() -> Dict[str, Tensor]:
     }
 
 
+def tail_integrals(
+    r0: np.ndarray, s8q: np.ndarray, s6: float, cutoff: float, taper_width: float, n_points: int = 64
+) -> np.ndarray:
+    """J = int_0^inf r^2 (1 - S(r)) (s6 / (r^6 + r0^6) + s8q / (r^8 + r0^8)) dr in nm^-3, elementwise.
+
+    S is the pair weight of :class:`D3Dispersion`: 1 below ``cutoff - taper_width``, the quintic switch
+    over the taper, 0 beyond ``cutoff``. Gauss-Legendre quadrature, over [r_on, cutoff] for the taper
+    and in x = cutoff / r for the rest, where the integrand is a smooth rational function of x:
+    converged to rounding with 64 points.
+    """
+    r0 = np.asarray(r0, dtype=np.float64)[..., None]
+    s8q = np.asarray(s8q, dtype=np.float64)[..., None]
+    x, wq = np.polynomial.legendre.leggauss(n_points)
+    # r in [cutoff, inf): r = cutoff / t, t in (0, 1], r^2 dr = cutoff^3 t^-4 dt
+    t = 0.5 * (x + 1.0)
+    rc3 = cutoff**3
+    far = rc3 * (s6 * t**2 / (cutoff**6 + r0**6 * t**6) + s8q * t**4 / (cutoff**8 + r0**8 * t**8))
+    total = 0.5 * (far * wq).sum(-1)
+    if taper_width > 0.0:
+        r_on = cutoff - taper_width
+        r = r_on + 0.5 * taper_width * (x + 1.0)
+        u = (r - r_on) / taper_width
+        switch = 1.0 - u**3 * (10.0 - 15.0 * u + 6.0 * u * u)
+        near = r**2 * (1.0 - switch) * (s6 / (r**6 + r0**6) + s8q / (r**8 + r0**8))
+        total = total + 0.5 * taper_width * (near * wq).sum(-1)
+    return total
+
+
 class D3Dispersion(torch.nn.Module):
     """DFT-D3(BJ) two-body dispersion energy (s9 = 0) of a flat batch of frames.
 
@@ -99,6 +149,9 @@ class D3Dispersion(torch.nn.Module):
         shrinks the C6 buffer from (103, 103, 7, 7) to (n_el, n_el, 7, 7)
     taper_width: width (nm) of a quintic switch that takes pair energies smoothly to zero at
         ``cutoff``; 0 (default) truncates sharply, as the official library does
+    tail_correction: add the mean-field energy of the pairs beyond the cutoff (and the part the
+        taper removes) in periodic frames; see the module docstring. Off by default (the library
+        has no such term)
 
     Use :meth:`from_functional` to take the parameters from :data:`~hybridpot.physics.d3_params.
     D3BJ_PARAMETERS`.
@@ -111,10 +164,13 @@ class D3Dispersion(torch.nn.Module):
     cutoff: Final[float]
     cn_cutoff: Final[float]
     taper_width: Final[float]
+    tail_correction: Final[bool]
     neighbor_cutoff: Final[float]
     k1: Final[float]
     k3: Final[float]
     max_z: Final[int]
+    n_ref: Final[int]
+    cn_pair_select: Final[bool]
 
     def __init__(
         self,
@@ -127,6 +183,7 @@ class D3Dispersion(torch.nn.Module):
         cn_cutoff: float = DEFAULT_CN_CUTOFF,
         elements: Optional[Sequence[int]] = None,
         taper_width: float = 0.0,
+        tail_correction: bool = False,
     ) -> None:
         super().__init__()
         if not cutoff > 0.0 or not cn_cutoff > 0.0:
@@ -148,7 +205,10 @@ class D3Dispersion(torch.nn.Module):
         self.cutoff = float(cutoff)
         self.cn_cutoff = float(cn_cutoff)
         self.taper_width = float(taper_width)
+        self.tail_correction = bool(tail_correction)
         self.neighbor_cutoff = max(self.cutoff, self.cn_cutoff)
+        # CN pairs: a subset of the list; selected when they are under half of it, else masked
+        self.cn_pair_select = (self.cn_cutoff / self.neighbor_cutoff) ** 3 < 0.5
         self.k1 = K1
         self.k3 = K3
         self.max_z = MAX_Z
@@ -169,6 +229,22 @@ class D3Dispersion(torch.nn.Module):
         r0 = self.a1 * torch.sqrt(qq) + self.a2
         self.register_buffer("damping_table", torch.stack([r0**6, r0**8, self.s8 * qq], dim=-1))
 
+        # Derived tables (not saved: they follow from the ones above). References are stored from
+        # index 0 on; only the first n_ref (the most any of these elements has) take part.
+        self.n_ref = int((self.ref_cn >= 0.0).sum(1).max())
+        used_c6 = self.ref_c6[:, :, : self.n_ref, : self.n_ref].contiguous()
+        self.register_buffer("ref_c6_used", used_c6, persistent=False)
+        self.register_buffer("ref_cn_used", self.ref_cn[:, : self.n_ref].contiguous(), persistent=False)
+        # Per element pair: sqrt(Q) (nm) and the sum of the covalent radii (nm).
+        pair = torch.stack([torch.sqrt(qq), self.rcov.unsqueeze(1) + self.rcov.unsqueeze(0)], dim=-1)
+        self.register_buffer("pair_table", pair.contiguous(), persistent=False)
+        # Per element pair: J (nm^-3) of the tail correction (zeros when it is off).
+        tail = torch.zeros_like(qq)
+        if self.tail_correction:
+            j = tail_integrals(r0.numpy(), (self.s8 * qq).numpy(), self.s6, self.cutoff, self.taper_width)
+            tail = torch.from_numpy(j)
+        self.register_buffer("tail_table", tail, persistent=False)
+
     @classmethod
     def from_functional(
         cls,
@@ -178,6 +254,7 @@ class D3Dispersion(torch.nn.Module):
         cn_cutoff: float = DEFAULT_CN_CUTOFF,
         elements: Optional[Sequence[int]] = None,
         taper_width: float = 0.0,
+        tail_correction: bool = False,
     ) -> "D3Dispersion":
         """D3(BJ) for a named functional (e.g. ``"pbe"``, ``"b3lyp"``, ``"wb97x"``; case and dashes
         ignored); the keyword arguments are the constructor's. Unknown functionals raise ValueError
@@ -185,14 +262,22 @@ class D3Dispersion(torch.nn.Module):
         """
         p = d3bj_parameters(functional)
         return cls(
-            p.s6, p.s8, p.a1, p.a2, cutoff=cutoff, cn_cutoff=cn_cutoff, elements=elements, taper_width=taper_width
+            p.s6,
+            p.s8,
+            p.a1,
+            p.a2,
+            cutoff=cutoff,
+            cn_cutoff=cn_cutoff,
+            elements=elements,
+            taper_width=taper_width,
+            tail_correction=tail_correction,
         )
 
     def extra_repr(self) -> str:
         return (
             f"s6={self.s6}, s8={self.s8}, a1={self.a1}, a2={self.a2 / NM_PER_BOHR} bohr, "
             f"cutoff={self.cutoff:.4f} nm, cn_cutoff={self.cn_cutoff:.4f} nm, "
-            f"taper_width={self.taper_width}, elements={self.symbols}"
+            f"taper_width={self.taper_width}, tail_correction={self.tail_correction}, elements={self.symbols}"
         )
 
     # ------------------------------------------------------------------------------------------
@@ -244,83 +329,63 @@ class D3Dispersion(torch.nn.Module):
                     )
                 )
 
-    def coordination_numbers(self, r2: Tensor, i: Tensor, j: Tensor, species: Tensor) -> Tensor:
-        """D3 coordination numbers (N,) from a half pair list with squared distances ``r2`` (P,) nm^2."""
-        keep = torch.nonzero(r2 < self.cn_cutoff * self.cn_cutoff).squeeze(1)
-        ik, jk = i.index_select(0, keep), j.index_select(0, keep)
-        r = torch.sqrt(r2.index_select(0, keep))
-        rcov = self.rcov.to(r2.dtype)
-        rc = rcov[species[ik]] + rcov[species[jk]]
-        count = 1.0 / (1.0 + torch.exp(-self.k1 * (rc / r - 1.0)))
-        cn = torch.zeros(species.shape[0], dtype=r2.dtype, device=r2.device)
+    def coordination_numbers(self, r2: Tensor, rcov_sum: Tensor, i: Tensor, j: Tensor, n_atoms: int) -> Tensor:
+        """D3 coordination numbers (N,) from a half pair list (i, j) with squared distances ``r2``
+        (P,) nm^2 and summed covalent radii ``rcov_sum`` (P,) nm; pairs beyond ``cn_cutoff`` count 0."""
+        if self.cn_pair_select:
+            # under half of the pairs count: selecting them is cheaper than computing all and masking
+            keep = torch.nonzero(r2 < self.cn_cutoff * self.cn_cutoff).squeeze(1)
+            i, j, rcov_sum = i.index_select(0, keep), j.index_select(0, keep), rcov_sum.index_select(0, keep)
+            r2 = torch.gather(r2, 0, keep)
+        count = torch.sigmoid(self.k1 * (rcov_sum * torch.rsqrt(r2) - 1.0))
+        if self.cn_cutoff < self.neighbor_cutoff and not self.cn_pair_select:
+            count = torch.where(r2 < self.cn_cutoff * self.cn_cutoff, count, torch.zeros_like(count))
+        cn = torch.zeros(n_atoms, dtype=r2.dtype, device=r2.device)
         # Half list: each pair counts for both atoms (a self-image pair i == j counts twice, for +T and -T).
-        return cn.index_add(0, ik, count).index_add(0, jk, count)
+        return cn.scatter_add(0, i, count).scatter_add(0, j, count)
 
     def reference_weights(self, cn: Tensor, species: Tensor) -> Tensor:
-        """Normalised Gaussian weights (N, 7) of each atom's reference systems; 0 for unused ones."""
-        ref_cn = self.ref_cn.to(cn.dtype)[species]
+        """Normalised Gaussian weights (N, n_ref) of each atom's reference systems; 0 for unused ones."""
+        ref_cn = self.ref_cn_used.to(cn.dtype)[species]
         logits = self.k3 * (cn.unsqueeze(1) - ref_cn) ** 2
         # softmax = exp / sum(exp) without underflow at large CN (then the nearest reference wins,
         # as in the official library's fallback).
         logits = torch.where(ref_cn >= 0.0, logits, torch.full_like(logits, -float("inf")))
         return torch.softmax(logits, dim=1)
 
-    def atom_pair_coefficients(self, weights: Tensor, species: Tensor, a: Tensor, b: Tensor) -> Tuple[Tensor, Tensor]:
-        """C6 (M,) kJ/mol nm^6 and damping coefficients (M, 3) of atom pairs (a, b).
-
-        ``weights`` (N, 7) are the reference weights; the coefficient columns are R0^6 (nm^6),
-        R0^8 (nm^8) and s8 C8/C6 (nm^2).
-        """
-        present, local = torch.unique(species, sorted=True, return_inverse=True)
-        table = self.ref_c6.to(weights.dtype)[species][:, present]  # (N, n_present, 7, 7)
-        # half-contracted: v[a, e, l] = sum_k w[a, k] C6ref[Z_a, e, k, l]
-        v = torch.einsum("ak,aekl->ael", weights, table)
-        c6 = (v[a, local[b]] * weights[b]).sum(-1)
-        n_el = self.damping_table.shape[0]
-        coef = self.damping_table.to(weights.dtype).view(n_el * n_el, 3)[species[a] * n_el + species[b]]
-        return c6, coef
-
-    def pair_coefficients(
-        self, weights: Tensor, species: Tensor, i: Tensor, j: Tensor, pair_frame: Tensor, ptr: Tensor
-    ) -> Tuple[Tensor, Tensor]:
-        """:meth:`atom_pair_coefficients` for the pairs (i, j) of a pair list.
-
-        They depend on the atoms, not on the periodic image: when the list has more pairs than there
-        are atom pairs within frames (periodic cells), they are computed once per atom pair and gathered.
-        """
-        n_per = ptr[1:] - ptr[:-1]
-        n_sq = n_per * n_per
-        n_block = int(n_sq.sum())
-        if n_block >= i.shape[0]:
-            return self.atom_pair_coefficients(weights, species, i, j)
-        if n_per.shape[0] == 1:
-            atoms = torch.arange(n_block, device=ptr.device)
-            n = int(n_per[0])
-            a = torch.div(atoms, n, rounding_mode="floor")
-            b = torch.remainder(atoms, n)
-            key = i * n + j
-        else:
-            # All ordered atom pairs (a, b) of each frame, frame after frame.
-            block_start = torch.cumsum(n_sq, 0) - n_sq
-            block_frame = torch.repeat_interleave(torch.arange(n_per.shape[0], device=ptr.device), n_sq)
-            rank = torch.arange(n_block, device=ptr.device) - block_start[block_frame]
-            n_b = n_per[block_frame]
-            a = ptr[block_frame] + torch.div(rank, n_b, rounding_mode="floor")
-            b = ptr[block_frame] + torch.remainder(rank, n_b)
-            start = ptr[pair_frame]
-            key = block_start[pair_frame] + (i - start) * n_per[pair_frame] + (j - start)
-        c6, coef = self.atom_pair_coefficients(weights, species, a, b)
-        return c6[key], coef[key]
-
-    def pair_energies(self, r2: Tensor, c6: Tensor, coef: Tensor) -> Tensor:
-        """BJ-damped two-body energies (P,) kJ/mol from squared distances (P,) nm^2, C6 (P,) and the
-        damping coefficients (P, 3) of :meth:`atom_pair_coefficients`."""
+    def pair_energies(self, r2: Tensor, c6: Tensor, sqrt_q: Tensor) -> Tensor:
+        """BJ-damped two-body energies (P,) kJ/mol from squared distances (P,) nm^2, C6 (P,) kJ/mol nm^6
+        and sqrt(Q) = sqrt(C8/C6) (P,) nm, with the taper (or the sharp cutoff) applied."""
+        r0 = self.a1 * sqrt_q + self.a2
+        r0_2 = r0 * r0
+        r0_4 = r0_2 * r0_2
         r6 = r2 * r2 * r2
-        e = -c6 * (self.s6 / (r6 + coef[:, 0]) + coef[:, 2] / (r6 * r2 + coef[:, 1]))
+        e = -c6 * (self.s6 / (r6 + r0_4 * r0_2) + (self.s8 * sqrt_q * sqrt_q) / (r6 * r2 + r0_4 * r0_4))
         if self.taper_width > 0.0:
             r_on = self.cutoff - self.taper_width
             e = e * polynomial_cutoff(torch.clamp(torch.sqrt(r2) - r_on, min=0.0), self.taper_width)
+        elif self.cutoff < self.neighbor_cutoff:
+            e = torch.where(r2 < self.cutoff * self.cutoff, e, torch.zeros_like(e))
         return e
+
+    def tail_energy(self, weights: Tensor, local: Tensor, present: Tensor, box: Tensor, ptr: Tensor) -> Tensor:
+        """Mean-field tail correction (B,) kJ/mol of periodic frames (see the module docstring).
+
+        ``weights`` (N, n_ref) are the reference weights, ``local`` (N,) each atom's row in
+        ``present`` (the element-table rows that occur in the batch), ``box`` (B, 3, 3) nm.
+        """
+        n_frames = ptr.shape[0] - 1
+        p = present.shape[0]
+        n_per = ptr[1:] - ptr[:-1]
+        atom_frame = torch.repeat_interleave(torch.arange(n_frames, device=ptr.device), n_per)
+        # per frame and element: the sum of the atoms' reference weights, (B, p, n_ref)
+        sums = torch.zeros(n_frames * p, self.n_ref, dtype=weights.dtype, device=weights.device)
+        sums = sums.index_add(0, atom_frame * p + local, weights).view(n_frames, p, self.n_ref)
+        kernel = self.ref_c6_used.to(weights.dtype)[present][:, present]
+        kernel = kernel * self.tail_table.to(weights.dtype)[present][:, present].unsqueeze(-1).unsqueeze(-1)
+        double_sum = torch.einsum("bek,efkl,bfl->b", sums, kernel, sums)
+        volume = torch.abs(torch.linalg.det(box))
+        return -2.0 * math.pi * double_sum / volume
 
     def forward(
         self,
@@ -351,33 +416,54 @@ class D3Dispersion(torch.nn.Module):
         self._check_inputs(positions, atomic_numbers, box, ptr)
         species = self.species(atomic_numbers)
         n_frames = ptr.shape[0] - 1
+        dtype = positions.dtype
+        n_ref = self.n_ref
 
         i, j, shifts = batch_neighbors(positions, self.neighbor_cutoff, ptr, box, False)
-        frame_box: Optional[Tensor] = None
-        if n_frames == 1:
-            pair_frame = torch.zeros_like(i)
-            if box is not None:
-                frame_box = box[0].to(positions.dtype)
-        else:
+        n_pairs = i.shape[0]
+        # Pair vectors as (3, P) columns: gathering rows of (3, N) is cheaper than (N, 3) rows, and
+        # so is the backward (scatter_add).
+        pos_t = positions.t().contiguous()
+        vec = torch.gather(pos_t, 1, j.unsqueeze(0).expand(3, n_pairs)) - torch.gather(
+            pos_t, 1, i.unsqueeze(0).expand(3, n_pairs)
+        )
+        pair_frame: Optional[Tensor] = None
+        if n_frames > 1:
             atom_frame = torch.repeat_interleave(torch.arange(n_frames, device=positions.device), ptr[1:] - ptr[:-1])
             pair_frame = atom_frame[i]
-            if box is not None:
-                frame_box = box.to(positions.dtype)
-        vec = pair_vectors(positions, i, j, shifts, frame_box, pair_frame)
-        r2 = (vec * vec).sum(-1)
+        if box is not None:
+            cell = box.to(dtype)
+            if pair_frame is None:
+                vec = torch.addmm(vec, cell[0].t(), shifts.t())
+            else:
+                vec = vec + torch.bmm(shifts.unsqueeze(1), cell[pair_frame]).squeeze(1).t()
+        r2 = vec.square().sum(0)
 
-        cn = self.coordination_numbers(r2, i, j, species)
+        # Per-pair data indexed by (atom i, element of atom j): row i * p + local[j] of per-atom tables.
+        present, local = torch.unique(species, sorted=True, return_inverse=True)
+        p = present.shape[0]
+        row = i * p + torch.gather(local, 0, j)
+        pair_table = self.pair_table.to(dtype)[species][:, present]  # (N, p, 2)
+        sqrt_q = torch.gather(pair_table[:, :, 0].reshape(-1), 0, row)
+        rcov_sum = torch.gather(pair_table[:, :, 1].reshape(-1), 0, row)
+
+        cn = self.coordination_numbers(r2, rcov_sum, i, j, n_atoms)
         weights = self.reference_weights(cn, species)
 
-        if self.cn_cutoff > self.cutoff:
-            keep = torch.nonzero(r2 < self.cutoff * self.cutoff).squeeze(1)
-            i, j, r2, pair_frame = i[keep], j[keep], r2[keep], pair_frame[keep]
-        c6, coef = self.pair_coefficients(weights, species, i, j, pair_frame, ptr)
-        e = self.pair_energies(r2, c6, coef)
-        if n_frames == 1:
-            return e.sum().unsqueeze(0)
-        energy = torch.zeros(n_frames, dtype=positions.dtype, device=positions.device)
-        return energy.index_add(0, pair_frame, e)
+        # C6_ij = w_i^T R[Z_i, Z_j] w_j = u_i[Z_j] . w_j with u_i[e] = R[Z_i, e]^T w_i (N, p, n_ref).
+        u = torch.einsum("ak,aekl->lae", weights, self.ref_c6_used.to(dtype)[species][:, present])
+        c6 = (
+            torch.gather(u.reshape(n_ref, n_atoms * p), 1, row.unsqueeze(0).expand(n_ref, n_pairs))
+            * torch.gather(weights.t().contiguous(), 1, j.unsqueeze(0).expand(n_ref, n_pairs))
+        ).sum(0)
+        e = self.pair_energies(r2, c6, sqrt_q)
+        if pair_frame is None:
+            energy = e.sum().unsqueeze(0)
+        else:
+            energy = torch.zeros(n_frames, dtype=dtype, device=positions.device).scatter_add(0, pair_frame, e)
+        if self.tail_correction and box is not None:
+            energy = energy + self.tail_energy(weights, local, present, box.to(dtype), ptr)
+        return energy
 
 
 _MODULE_CACHE: Dict[str, D3Dispersion] = {}
