@@ -3,13 +3,14 @@ in a periodic cube of TIP3P water, with amber14 atom names.
 
 1. The heavy atoms are placed from internal coordinates (Engh & Huber bond lengths and angles, trans
    peptide bonds, L-alanine) at the polyproline-II backbone angles phi = -75, psi = 145 degrees.
-2. ``Modeller.addHydrogens`` adds the 12 hydrogens with amber14's names.
+2. ``Modeller.addHydrogens`` adds the 12 hydrogens with amber14's names (its random starting positions
+   seeded, its minimisation on the Reference platform).
 3. ``Modeller.addSolvent`` fills a cube with 1.0 nm padding with TIP3P water (OpenMM's definition: the
    edge is the solute's bounding-sphere diameter + padding, at least 2 x padding: 2.0 nm here). The box
    is energy-minimised and equilibrated for 20 ps of Langevin dynamics at 300 K and 1 bar (Monte Carlo
    barostat; amber14 + TIP3P, PME 0.8 nm, rigid water, H-bond constraints, 2 fs) on OpenMM's CPU
    platform (one thread, deterministic forces; seed 22); the box shrinks from addSolvent's
-   0.90 g/cm^3 to about 1.0 g/cm^3. Python's ``random`` (used by addHydrogens) is seeded too.
+   0.90 g/cm^3 to about 1.0 g/cm^3.
 
 The result loads into ``ForceField("amber14-all.xml", "amber14/tip3p.xml")`` (or tip3pfb.xml). The ML
 region of this system is the peptide: the first 22 atoms (residues ACE, ALA, NME). Needs only NumPy
@@ -88,8 +89,10 @@ def build() -> None:
     forcefield = app.ForceField("amber14-all.xml", "amber14/tip3p.xml")
     topology, positions = peptide_topology()
     modeller = app.Modeller(topology, positions * unit.nanometer)
-    random.seed(SEED)  # addHydrogens starts hydrogens at random offsets (Python's random module)
-    modeller.addHydrogens(forcefield)
+    # addHydrogens starts hydrogens at random offsets (Python's random module), then minimises them
+    # on the given platform: the multithreaded CPU platform is not reproducible, Reference is
+    random.seed(SEED)
+    modeller.addHydrogens(forcefield, platform=openmm.Platform.getPlatformByName("Reference"))
     n_peptide = modeller.topology.getNumAtoms()
     modeller.addSolvent(forcefield, model="tip3p", padding=PADDING * unit.nanometer, boxShape="cube")
     system = forcefield.createSystem(
