@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import os
+
 import h5py
 import numpy as np
 import pytest
@@ -131,6 +133,10 @@ def test_write_extxyz_is_atomic(tmp_path):
         write_extxyz([_frame(3, rng, energy=2.0), bad], path)
     assert path.read_text() == before  # failed write leaves the old file intact
     assert [p.name for p in tmp_path.iterdir()] == ["set.xyz"]  # and no temp file behind
+    # the file gets the permissions of an ordinary new file (umask), not the temporary file's 0600
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 # -------------------------------------------------------------------------------------------- npz
