@@ -6,9 +6,8 @@ with plain string splitting) and CODATA 2018 values written out below.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import os
+from pathlib import Path
 
 import h5py
 import numpy as np
