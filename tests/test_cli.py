@@ -10,10 +10,10 @@ def test_help_lists_subcommands():
     out = subprocess.run(
         [sys.executable, "-m", "hybridpot.cli", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    for command in ("info", "data", "quickstart", "train", "evaluate", "export", "md"):
+    for command in ("info", "data", "quickstart", "train", "evaluate", "export", "md", "active-learn"):
         assert command in out
     assert set(build_parser()._subparsers._group_actions[0].choices) == {
-        "info", "data", "quickstart", "train", "evaluate", "export", "md"
+        "info", "data", "quickstart", "train", "evaluate", "export", "md", "active-learn"
     }
 
 
