@@ -20,7 +20,7 @@ import common  # noqa: E402  (benchmarks/ is not a package)
 
 ARCHITECTURES = ("behler_parrinello", "painn")
 DEFAULT_SIZES = (650, 1500, 3000, 8000, 15000, 30000)
-#: PaiNN costs ~15x Behler-Parrinello and ~1 MB per atom; above this many atoms it runs only on request.
+#: PaiNN costs ~3.5x Behler-Parrinello and ~0.7 MB per atom; above this many atoms it runs only on request.
 DEFAULT_PAINN_MAX_ATOMS = 8000
 TARGET_EXPONENT = 1.1
 #: Scripted modules are warmed up on this small box (cheap), then re-targeted to each size.
@@ -55,6 +55,14 @@ warm-up (TorchScript)
   executor on is the same as (or slightly faster than) with it off. --profiling-executor off
   switches to the legacy executor instead.
 
+memory allocator
+  Each model process first calls hybridpot._malloc.keep_freed_memory() (glibc mallopt: no mmap for
+  large blocks, no trimming), so that memory freed after one call is reused by the next instead of
+  being returned to the OS and page-faulted back in. PaiNN's per-pair tensors are tens to hundreds
+  of MB: without it, page faults took most of its CPU time (2.5-3x). The process keeps its peak
+  memory. --no-keep-heap measures glibc's defaults instead (what a process gets that does not call
+  it). No effect on the classical reference, which runs in the parent process.
+
 isolation and limits
   Each (size, architecture, platform, mode) runs in its own process, so memory is measured per case
   (peak resident set size, or peak CUDA memory) and one case that runs out of memory cannot take the
@@ -63,8 +71,8 @@ isolation and limits
   are reduced (not below 3, or --repeats if smaller) when --repeats calls would exceed
   --max-seconds. A case whose time extrapolated from the previous size (as N^1.2) would exceed
   --timeout is skipped. PaiNN runs only up to --painn-max-atoms (default {DEFAULT_PAINN_MAX_ATOMS})
-  unless told otherwise: with 2 cores and ~20 GB here, PaiNN at 15000 atoms took 35 s per call and
-  13 GB, at 30000 it would not fit.
+  unless told otherwise: with 2 cores and ~20 GB here, PaiNN at 14826 atoms took 8 s per call and
+  10.7 GB, at 30000 it would not fit.
 
 scaling fit
   Least squares of log(median time) vs log(atoms) over the sizes that ran, per architecture,
@@ -86,8 +94,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="approximate atom counts of the water boxes (actual counts differ by up to "
                         f"~10%%, see benchmarks/common.py); default: {' '.join(map(str, DEFAULT_SIZES))}")
     parser.add_argument("--painn-max-atoms", type=int, default=DEFAULT_PAINN_MAX_ATOMS, metavar="ATOMS",
-                        help="skip PaiNN on boxes requested above this size, to keep the default run near 10 "
-                        f"minutes on 2 cores (default {DEFAULT_PAINN_MAX_ATOMS}; 0: no limit)")
+                        help="skip PaiNN on boxes requested above this size, to keep the default run's memory "
+                        "(PaiNN: ~0.7 MB per atom) and time (~6 minutes on 2 cores) moderate "
+                        f"(default {DEFAULT_PAINN_MAX_ATOMS}; 0: no limit)")
     parser.add_argument("--quick", action="store_true",
                         help="CI-sized run: only the two smallest sizes, 2 repeats, shorter classical timing")
     parser.add_argument("--arch", choices=ARCHITECTURES + ("both",), default="both",
@@ -114,10 +123,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="OpenMP threads of torch sleep (PASSIVE) or spin (ACTIVE) while idle; on a shared "
                         "machine spinning makes 2-thread runs 3-5x slower (measured), so the default is "
                         "$OMP_WAIT_POLICY, else PASSIVE")
-    parser.add_argument("--keep-heap", action="store_true",
-                        help="run the model processes with MALLOC_MMAP_MAX_=0 and a huge MALLOC_TRIM_THRESHOLD_, so "
-                        "glibc keeps freed memory instead of returning it to the OS and page-faulting it back "
-                        "in on every call (PaiNN: most of its time; see README). Default: glibc's defaults")
+    parser.add_argument("--keep-heap", action=argparse.BooleanOptionalAction, default=True,
+                        help="call hybridpot._malloc.keep_freed_memory() in each model process, so that glibc "
+                        "keeps freed memory for reuse instead of unmapping it and page-faulting it back in on "
+                        "every call (PaiNN: most of its CPU time otherwise; see README). --no-keep-heap: "
+                        "glibc's defaults, as in a process that does not call it (default: keep)")
     parser.add_argument("--no-classical", action="store_true", help="skip the classical OpenMM reference")
     parser.add_argument("--breakdown", type=int, nargs="?", const=3000, default=None, metavar="ATOMS",
                         help="also time the stages (neighbour list, pair vectors, descriptors or message "
@@ -154,8 +164,11 @@ def measure_ml(task: Dict[str, Any]) -> Dict[str, Any]:
     import torch
 
     from hybridpot import build_model
+    from hybridpot._malloc import keep_freed_memory
     from hybridpot.openmm.bindings import OpenMMModule
 
+    # Before the first large allocation; process-wide, and this process runs one case only.
+    heap_kept = keep_freed_memory() if task["keep_heap"] else False
     torch.set_num_threads(task["threads"])
     torch._C._jit_set_profiling_executor(task["profiling_executor"])
     device = torch.device(task["device"])
@@ -202,6 +215,7 @@ def measure_ml(task: Dict[str, Any]) -> Dict[str, Any]:
         "ms_per_step": 1e3 * statistics.median(times),
         "min_ms": 1e3 * min(times),
         "cpu_ms_per_step": 1e3 * statistics.median(cpu),
+        "heap_kept": heap_kept,
     }
     if device.type == "cuda":
         result["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
@@ -299,8 +313,9 @@ def warmup_policy(args: argparse.Namespace) -> str:
         "profiling executor OFF (legacy executor)"
     return (f"scripted: {executor}, {args.warmup} warm-up calls on a {WARMUP_BOX_ATOMS}-atom box, then "
             f"{args.size_warmup} on each target box; eager: {args.size_warmup} warm-up call(s) per box; "
-            f"OMP_WAIT_POLICY={args.omp_wait_policy}" + ("; glibc malloc keeps its heap (--keep-heap)"
-                                                        if args.keep_heap else ""))
+            f"OMP_WAIT_POLICY={args.omp_wait_policy}; "
+            + ("glibc malloc keeps freed memory (keep_freed_memory)" if args.keep_heap
+               else "glibc malloc defaults (--no-keep-heap)"))
 
 
 def nearest(sizes: List[int], wanted: Optional[int]) -> Optional[int]:
@@ -311,8 +326,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     # Must be set before torch (libgomp) is loaded; the worker processes inherit it.
     os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy
-    if args.keep_heap:
-        os.environ.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(1 << 40))
     import torch
 
     from hybridpot.config import resolve_model_config
@@ -377,6 +390,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                 "numbers": water.atomic_numbers, "warmup_box": warmup_box,
                                 "warmup": args.warmup, "size_warmup": args.size_warmup,
                                 "repeats": args.repeats, "max_seconds": args.max_seconds,
+                                "keep_heap": args.keep_heap,
                                 "breakdown": size == breakdown_size and mode == modes[0],
                                 "profile": size == profile_size}
                         row.update(common.run_isolated(measure_ml, task, args.timeout))

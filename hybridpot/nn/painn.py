@@ -13,16 +13,40 @@ Smoothness at the cutoff: every message is multiplied by a radial filter
 where the Bessel basis ``rbf`` itself vanishes at r_c and the envelope ``f_c`` vanishes with zero
 slope there. A neighbour that crosses the cutoff sphere therefore switches on with zero message,
 and energies and forces stay continuous.
+
+Cost: per-pair tensors of shape (P, 3, F) (P ~ 50 N pairs in liquid water at 0.5 nm) dominate time
+and memory, and every operation on them is memory-bound. The implementation therefore materialises
+as few of them as it can while computing exactly the equations above (up to float rounding):
+
+- the envelope multiplies the n_rbf basis values once per pair, not the 3F filter outputs per layer
+  (the filter has no bias, so filter(rbf) f_c = filter(rbf f_c));
+- the v_j term is skipped in the first layer, where every v is zero;
+- the r_ij / |r_ij| term is summed per atom by a batched matrix product over an (N, 3, K) layout of
+  the unit vectors (K: most neighbours of any atom) instead of an outer product per pair; only when
+  that layout would be mostly padding (see ``MAX_PADDING``) is it scattered pair by pair;
+- scalar and vector parts are filtered separately (see :func:`filtered`), so that no per-pair
+  product is split or concatenated, and nothing unused is computed.
+
+Measured against the plain implementation (2685 water atoms, default sizes, float32, scripted,
+2 threads, energy + forces): 4.3 s -> 1.9 s CPU time per call, and 1.8 s -> 0.83 s in a process
+that keeps freed memory (``hybridpot._malloc.keep_freed_memory``; without it page faults on the
+per-pair tensors cost as much as the arithmetic). See benchmarks/README.md.
 """
 
 # No `from __future__ import annotations`: TorchScript cannot resolve string annotations of Final.
 import math
-from typing import Dict, Final, Tuple, Type
+from typing import Dict, Final, Optional, Tuple, Type
 
 import torch
 from torch import Tensor
 
 from hybridpot.physics.cutoffs import cutoff_function, cutoff_kind
+
+#: Largest ratio of slots in the per-atom (N, K) neighbour layout to pairs (that is, of the most
+#: neighbours of any atom to the mean) for which the r_ij / |r_ij| message term is summed with a
+#: batched matrix product. Liquid water at 0.5 nm: 1.3-1.4. Beyond it, padding would cost more
+#: memory than the (P, 3, F) outer product it replaces.
+MAX_PADDING = 3.0
 
 ACTIVATIONS: Dict[str, Type[torch.nn.Module]] = {
     "silu": torch.nn.SiLU,
@@ -64,6 +88,42 @@ class BesselBasis(torch.nn.Module):
         return torch.sin(self.n * (r * self.pi_over_cutoff)) * (self.cutoff / r)
 
 
+def neighbour_slots(i: Tensor, n_atoms: int) -> Tuple[Tensor, int]:
+    """Place each pair in a per-atom table of neighbours, padded to the longest row.
+
+    Parameters
+    ----------
+    i: (P,) int64 receiving atom of each pair, in [0, n_atoms)
+    n_atoms: N
+
+    Returns
+    -------
+    slots: (P,) int64, i * K + (rank of the pair among the pairs of its atom i, in input order)
+    K: the most pairs of any atom (0 without pairs); slots are distinct and < N * K
+    """
+    n_pairs = i.shape[0]
+    if n_pairs == 0:
+        return torch.zeros_like(i), 0
+    counts = torch.bincount(i, minlength=n_atoms)
+    k = int(counts.max())
+    order = torch.argsort(i, stable=True)
+    first = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(i).index_copy_(
+        0, order, torch.arange(n_pairs, dtype=i.dtype, device=i.device) - first[i[order]]
+    )
+    return i * k + rank, k
+
+
+def filtered(phi: Tensor, weight: Tensor, j: Tensor, radial: Tensor, start: int, stop: int) -> Tensor:
+    """Columns start:stop of phi(s_j) * filter(radial_ij), (P, stop - start).
+
+    The filter has no bias, so filter(rbf) f_c = filter(rbf f_c) = filter(radial). Computing each part
+    of the message on its own keeps every per-pair product contiguous, and computes nothing unused.
+    """
+    phi_j = phi[:, start:stop].contiguous().index_select(0, j)
+    return phi_j * torch.nn.functional.linear(radial, weight[start:stop])
+
+
 class PaiNNMessage(torch.nn.Module):
     """Message block: neighbours j send scalar and vector updates to atom i.
 
@@ -86,18 +146,53 @@ class PaiNNMessage(torch.nn.Module):
         self.filter = torch.nn.Linear(n_rbf, 3 * n_features, bias=False)
 
     def forward(
-        self, s: Tensor, v: Tensor, i: Tensor, j: Tensor, rbf: Tensor, envelope: Tensor, unit: Tensor
+        self,
+        s: Tensor,
+        v: Optional[Tensor],
+        i: Tensor,
+        j: Tensor,
+        radial: Tensor,
+        unit: Tensor,
+        unit_table: Optional[Tensor],
+        slots: Tensor,
     ) -> Tuple[Tensor, Tensor]:
-        """s: (N, F); v: (N, 3, F); i, j: (P,); rbf: (P, n_rbf); envelope: (P,); unit: (P, 3).
+        """Residual updates ds (N, F) and dv (N, 3, F).
 
-        Returns the residual updates ds (N, F) and dv (N, 3, F).
+        Parameters
+        ----------
+        s: (N, F); v: (N, 3, F), or None when every v is zero (before the first message)
+        i, j: (P,) pair list, messages flow j -> i
+        radial: (P, n_rbf) basis times envelope, rbf(r_ij) f_c(r_ij)
+        unit: (P, 3) r_ij / |r_ij|
+        unit_table: (N, 3, K) the unit vectors placed by ``slots`` (zero elsewhere), or None to
+            scatter the unit-vector term pair by pair
+        slots: (P,) from :func:`neighbour_slots`
         """
         f = self.n_features
-        x = self.phi(s)[j] * (self.filter(rbf) * envelope.unsqueeze(-1))
-        x_s, x_vv, x_vs = torch.split(x, [f, f, f], dim=-1)
-        dv_pair = v[j] * x_vv.unsqueeze(1) + unit.unsqueeze(-1) * x_vs.unsqueeze(1)
+        n = s.shape[0]
+        phi = self.phi(s)
+        x_s = filtered(phi, self.filter.weight, j, radial, 0, f)
         ds = torch.zeros_like(s).index_add_(0, i, x_s)
-        dv = torch.zeros_like(v).index_add_(0, i, dv_pair)
+        if v is None:
+            # Before the first message v = 0, so the v_j term is exactly zero (with zero gradients):
+            # skip it, and the phi_vv part of the filter with it.
+            x_vs = filtered(phi, self.filter.weight, j, radial, 2 * f, 3 * f)
+            v_term: Optional[Tensor] = None
+        else:
+            x_vv, x_vs = torch.split(filtered(phi, self.filter.weight, j, radial, f, 3 * f), [f, f], dim=-1)
+            v_term = v.view(n, 3 * f).index_select(0, j).view(-1, 3, f) * x_vv.unsqueeze(1)
+        if unit_table is None:
+            dv_pair = unit.unsqueeze(-1) * x_vs.unsqueeze(1)
+            if v_term is not None:
+                dv_pair = dv_pair + v_term
+            return ds, torch.zeros((n, 3, f), dtype=s.dtype, device=s.device).index_add_(0, i, dv_pair)
+        # sum_j (r_ij / |r_ij|) (x_vs)_ij as one (3, K) @ (K, F) product per atom: no (P, 3, F)
+        # outer product forward, and no two reductions of (P, 3, F) tensors backward.
+        k = unit_table.shape[2]
+        table = torch.zeros((n * k, f), dtype=s.dtype, device=s.device).index_put_((slots,), x_vs)
+        dv = torch.bmm(unit_table, table.view(n, k, f))
+        if v_term is not None:
+            dv = dv.view(n, 3 * f).index_add(0, i, v_term.view(-1, 3 * f)).view(n, 3, f)
         return ds, dv
 
 
@@ -151,11 +246,20 @@ class PaiNNLayer(torch.nn.Module):
         self.update = PaiNNUpdate(n_features, activation, eps)
 
     def forward(
-        self, s: Tensor, v: Tensor, i: Tensor, j: Tensor, rbf: Tensor, envelope: Tensor, unit: Tensor
+        self,
+        s: Tensor,
+        v: Optional[Tensor],
+        i: Tensor,
+        j: Tensor,
+        radial: Tensor,
+        unit: Tensor,
+        unit_table: Optional[Tensor],
+        slots: Tensor,
     ) -> Tuple[Tensor, Tensor]:
-        ds, dv = self.message(s, v, i, j, rbf, envelope, unit)
+        """Arguments as in PaiNNMessage; v None stands for all-zero vector features."""
+        ds, dv = self.message(s, v, i, j, radial, unit, unit_table, slots)
         s = s + ds
-        v = v + dv
+        v = dv if v is None else v + dv
         ds, dv = self.update(s, v)
         return s + ds, v + dv
 
@@ -178,6 +282,7 @@ class PaiNN(torch.nn.Module):
     n_features: Final[int]
     cutoff: Final[float]
     cutoff_kind: Final[int]
+    max_padding: Final[float]
 
     def __init__(
         self,
@@ -200,6 +305,8 @@ class PaiNN(torch.nn.Module):
         self.n_features = n_features
         self.cutoff = float(cutoff)
         self.cutoff_kind = cutoff_kind(cutoff_function)
+        # An implementation choice, not a hyperparameter: both paths compute the same function.
+        self.max_padding = MAX_PADDING
         self.embedding = torch.nn.Embedding(n_species, n_features)
         self.rbf = BesselBasis(self.cutoff, n_rbf)
         # eps is in (feature units)^2; 1e-8 is resolvable next to O(1) norms even in float32.
@@ -218,12 +325,19 @@ class PaiNN(torch.nn.Module):
         """Final scalar features s (N, F) (invariant) and vector features v (N, 3, F) (equivariant:
         rotating the input by R maps v[n, :, f] to R v[n, :, f]). Arguments as in ``forward``."""
         s = self.embedding(species)
-        v = torch.zeros((s.shape[0], 3, self.n_features), dtype=s.dtype, device=s.device)
-        rbf = self.rbf(distances)
-        envelope = cutoff_function(distances, self.cutoff, self.cutoff_kind)
+        n = s.shape[0]
+        radial = self.rbf(distances) * cutoff_function(distances, self.cutoff, self.cutoff_kind).unsqueeze(-1)
         unit = vectors / distances.unsqueeze(-1)
+        slots, k = neighbour_slots(i, n)
+        unit_table: Optional[Tensor] = None
+        if n * k <= self.max_padding * i.shape[0]:
+            table = torch.zeros((n * k, 3), dtype=unit.dtype, device=unit.device).index_put_((slots,), unit)
+            unit_table = table.view(n, k, 3).transpose(1, 2)
+        v: Optional[Tensor] = None  # all zero before the first message
         for layer in self.layers:
-            s, v = layer(s, v, i, j, rbf, envelope, unit)
+            s, v_next = layer(s, v, i, j, radial, unit, unit_table, slots)
+            v = v_next
+        assert v is not None  # n_layers >= 1
         return s, v
 
     def forward(
