@@ -159,6 +159,15 @@ def test_water_box_matches_openmm(water_box, openmm_references, method, system):
     assert rel_rms(forces, f_ref) < 1e-5, f"{method}: force rel RMS {rel_rms(forces, f_ref):.2e}"
 
 
+def test_water_box_pme_default_short_cutoff(water_box, openmm_references):
+    """At accuracy 5e-4 PME defaults to a 0.5 nm real-space cutoff: errors stay at the requested level."""
+    positions, _, box = water_box
+    charges, e_ref, f_ref = openmm_references["neutral"]
+    energy, forces = energy_forces(positions, charges, box, method="pme", accuracy=5e-4)
+    assert abs(energy - e_ref) / abs(e_ref) < 5e-4
+    assert rel_rms(forces, f_ref) < 5e-4
+
+
 def test_water_box_float32_pme(water_box, openmm_references):
     positions, _, box = water_box
     charges, e_ref, f_ref = openmm_references["neutral"]
@@ -397,8 +406,11 @@ def test_parameters_follow_the_box():
     assert real_space_cutoff(torch.eye(3, dtype=F64) * 3.0, None) == 1.0
     assert abs(real_space_cutoff(torch.eye(3, dtype=F64) * 1.6, None) - 0.8) < 1e-12
     assert real_space_cutoff(torch.eye(3, dtype=F64) * 1.6, 1.2) == 1.2
-    # PME's default is shorter (0.5 nm, finer mesh); the OpenMM comparisons above run with it
-    assert Electrostatics("pme").max_default_cutoff == 0.5 and Electrostatics("ewald").max_default_cutoff == 1.0
+    # PME's default is shorter (0.5 nm, finer mesh; 0.8 nm below accuracy 1e-4); the OpenMM comparisons
+    # above run with the defaults
+    assert Electrostatics("pme", accuracy=5e-4).max_default_cutoff == 0.5
+    assert Electrostatics("pme", accuracy=1e-5).max_default_cutoff == 0.8
+    assert Electrostatics("ewald").max_default_cutoff == 1.0
     # a sheared cell: the shortest height (1.0 nm), not the edge length, limits the cutoff
     sheared = torch.tensor([[2.0, 0.0, 0.0], [1.5, 1.0, 0.0], [0.0, 0.0, 2.0]], dtype=F64)
     assert abs(real_space_cutoff(sheared, None) - 0.5) < 1e-12

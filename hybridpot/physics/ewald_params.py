@@ -13,7 +13,7 @@ forces). With real-space cutoff :math:`r_c` (nm) and accuracy :math:`\delta`:
   :math:`n_d = \lceil 2 \alpha |a_d| / (3 \delta^{1/5}) \rceil` points along lattice vector
   :math:`a_d`, rounded up to a size with prime factors 2, 3 and 5 only (fast FFTs).
 - Default real-space cutoff: :math:`\min(r_{max}, h_{min} / 2)`, :math:`r_{max}` = 1 nm for Ewald and
-  0.5 nm for PME (a short cutoff with a finer mesh is the cheaper split in torch), with :math:`h_{min}` the
+  0.5 nm for PME at accuracy >= 1e-4, 0.8 nm below (the cheaper splits in torch), with :math:`h_{min}` the
   shortest box height (distance between opposite faces), recomputed from the box of every frame so
   that a changing box (barostat) or cells of different sizes in a training batch are handled.
 
@@ -30,8 +30,10 @@ from torch import Tensor
 
 #: Largest default real-space cutoff (nm) of Ewald sums.
 MAX_DEFAULT_CUTOFF = 1.0
-#: Largest default real-space cutoff (nm) of PME: a short cutoff and a finer mesh are cheaper in torch.
+#: Largest default real-space cutoff (nm) of PME at accuracy >= 1e-4: a short cutoff and a finer mesh
+#: are cheaper in torch; below 1e-4 the mesh grows too fine and PME_DEFAULT_CUTOFF_ACCURATE is used.
 PME_DEFAULT_CUTOFF = 0.5
+PME_DEFAULT_CUTOFF_ACCURATE = 0.8
 #: B-spline order of the PME charge assignment (OpenMM's default; the mesh formula assumes it).
 PME_ORDER = 5
 #: Fewest mesh points per axis (two B-spline supports, so that a particle's stencil does not wrap).
