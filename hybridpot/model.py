@@ -75,7 +75,7 @@ def _build_electrostatics(cfg: Dict[str, Any]) -> Optional[torch.nn.Module]:
 
 
 #: D3 settings of periodic models whose config leaves them None (nm): see DEFAULT_MODEL_CONFIG.
-MD_D3_CUTOFF = 1.0
+MD_D3_CUTOFF = 0.8
 MD_D3_CN_CUTOFF = 0.8
 MD_D3_TAPER = 0.2
 
