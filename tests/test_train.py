@@ -227,12 +227,13 @@ def test_resume_is_bit_for_bit(ethanol_file, tmp_path, monkeypatch):
         return loss
 
     monkeypatch.setattr(Trainer, "train_step", step_then_ctrl_c)
+    handler_before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN under nohup
     result = train(tiny_config(ethanol_file, epochs=4), interrupted)
     monkeypatch.setattr(Trainer, "train_step", original_step)
     assert result.stopped == "interrupted" and result.epochs == 1
     state = load_checkpoint(interrupted / "checkpoint.pt")
     assert (state["epoch"], state["step_in_epoch"]) == (1, 2)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler_before  # the trainer put the previous handler back
     result = train(tiny_config(ethanol_file, epochs=4), interrupted, resume=True)
     assert result.stopped == "completed"
     _assert_same_run(straight, interrupted)
