@@ -39,9 +39,9 @@ Default run (300 frames labelled in 2 s, 3 min training budget = 132 epochs), 3.
 and the table: E(120 deg, eclipsed H/CH3) = 12.13 (oracle) vs 11.54 (BP) kJ/mol. The scan is rigid
 (bond lengths, angles and methyl groups frozen), so the cis barrier (49 kJ/mol) is higher and the gauche
 well sits further out (80 instead of ~65 deg) than in a relaxed scan.
-``--quick`` (120 frames, 0.5 min = 40 epochs), 0.9 min in all: barrier oracle 48.88, BP 43.71, atom
-counting 0.00 kJ/mol; scan RMSE BP 2.50, atom counting 14.17 kJ/mol.
-Numbers move by a few tenths of a kJ/mol between runs: training stops on a wall-clock budget.
+``--quick`` (120 frames, 0.5 min training), 0.6-0.9 min in all: barrier oracle 48.88, BP 43.7-45.3,
+atom counting 0.00 kJ/mol; scan RMSE BP 1.5-2.5, atom counting 14.17 kJ/mol (two runs).
+Numbers move between runs because training stops on a wall-clock budget.
 """
 
 from __future__ import annotations

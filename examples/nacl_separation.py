@@ -101,7 +101,7 @@ def pair(r: float, direction: np.ndarray | None = None) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="examples_out/nacl_separation", help="output folder (default: %(default)s)")
-    parser.add_argument("--frames", type=int, default=200, help="labelled frames at 0.2-0.6 nm (default: %(default)s)")
+    parser.add_argument("--frames", type=int, default=200, help="labelled frames at 0.20-0.53 nm (default: %(default)s)")
     parser.add_argument("--minutes", type=float, default=1.0, help="training time budget per model, minutes (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=2000, help="maximum training epochs per model (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
