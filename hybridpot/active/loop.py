@@ -344,13 +344,19 @@ class ActiveLearner:
         todo = [f for f in frames if not (folder / f"{f.source}_{f.index}.xyz").is_file()
                 and not (folder / f"{f.source}_{f.index}.failed").is_file()]
         if todo:
+            from tqdm import tqdm
+
             oracle = make_oracle(self.al["oracle"])
-            report = oracle.label_many(todo, progress=True)
-            for frame in report.frames:
-                write_extxyz([frame], folder / f"{frame.source}_{frame.index}.xyz")
-            for index, message in report.failures:
-                atomic_write_text(message + "\n", folder / f"{todo[index].source}_{todo[index].index}.failed")
-            self.log(f"  {report.summary()}")
+            n_failed = 0
+            for frame in tqdm(todo, desc=f"labelling ({oracle.name})", unit="frame"):
+                # one frame at a time, each written at once: an interruption loses at most one label
+                report = oracle.label_many([frame], progress=False)
+                for done in report.frames:
+                    write_extxyz([done], folder / f"{frame.source}_{frame.index}.xyz")
+                for _, message in report.failures:
+                    n_failed += 1
+                    atomic_write_text(message + "\n", folder / f"{frame.source}_{frame.index}.failed")
+            self.log(f"  labelled {len(todo) - n_failed}/{len(todo)} frames with {oracle.name}; {n_failed} failed")
         labelled, failed = [], []
         for f in frames:
             path = folder / f"{f.source}_{f.index}.xyz"
