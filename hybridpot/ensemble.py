@@ -173,18 +173,9 @@ class EnsembleModel(torch.nn.Module):
           root of the members' mean predicted label variance, and "forces_std_aleatoric" (N,) when
           the heads predict force variances.
         """
-        member = self.members[0]
-        device = member.reference_energies.device
-        pos = torch.as_tensor(np.asarray(positions) if isinstance(positions, list) else positions)
-        pos = pos.detach().to(device=device, dtype=self.dtype)
-        z = torch.as_tensor(atomic_numbers).to(device=device, dtype=torch.long)
-        cell = None if box is None else torch.as_tensor(box).detach().to(device=device, dtype=self.dtype)
-        member.validate(pos, z, cell)
-        pos.requires_grad_(forces)
-        ptr = torch.tensor([0, pos.shape[0]], device=device)
-        q = torch.tensor([float(total_charge)], dtype=self.dtype, device=device)
-        frag, frag_q = self._fragments(fragments, fragment_charges, pos.shape[0], float(total_charge))
-        out = self.forward(pos, z, None if cell is None else cell.unsqueeze(0), ptr, q, frag, frag_q)
+        pos, z, cell, ptr, q, frag, frag_q = self.members[0].frame_inputs(
+            positions, atomic_numbers, box, total_charge, fragments, fragment_charges, forces)
+        out = self.forward(pos, z, cell, ptr, q, frag, frag_q)
         result: Dict[str, Any] = {
             "energy": out["energy"].detach()[0],
             "energy_std": out["energy_std"].detach()[0],

@@ -258,6 +258,23 @@ class HybridModel(torch.nn.Module):
         return frag, frag_q
 
     @torch.jit.unused
+    def frame_inputs(self, positions, atomic_numbers, box, total_charge: float, fragments, fragment_charges,
+                     requires_grad: bool) -> tuple:
+        """One frame as forward() arguments (positions, numbers, box (1, 3, 3) or None, ptr, total charge,
+        fragments, fragment charges), validated, on the model's device and dtype; used by compute()."""
+        device = self.reference_energies.device
+        pos = torch.as_tensor(np.asarray(positions) if isinstance(positions, list) else positions)
+        pos = pos.detach().to(device=device, dtype=self.dtype)
+        z = torch.as_tensor(atomic_numbers).to(device=device, dtype=torch.long)
+        cell = None if box is None else torch.as_tensor(box).detach().to(device=device, dtype=self.dtype)
+        self.validate(pos, z, cell)
+        pos.requires_grad_(requires_grad)
+        ptr = torch.tensor([0, pos.shape[0]], device=device)
+        q = torch.tensor([float(total_charge)], dtype=self.dtype, device=device)
+        frag, frag_q = self._fragments(fragments, fragment_charges, pos.shape[0], float(total_charge))
+        return pos, z, None if cell is None else cell.unsqueeze(0), ptr, q, frag, frag_q
+
+    @torch.jit.unused
     def compute(
         self,
         positions: ArrayLike,
@@ -289,17 +306,9 @@ class HybridModel(torch.nn.Module):
         the predicted label noise "energy_std_aleatoric" (scalar, kJ/mol) and, with
         ``variance.forces``, "forces_std_aleatoric" ((N,) kJ/mol/nm per component); all detached.
         """
-        device = self.reference_energies.device
-        pos = torch.as_tensor(np.asarray(positions) if isinstance(positions, list) else positions)
-        pos = pos.detach().to(device=device, dtype=self.dtype)
-        z = torch.as_tensor(atomic_numbers).to(device=device, dtype=torch.long)
-        cell = None if box is None else torch.as_tensor(box).detach().to(device=device, dtype=self.dtype)
-        self.validate(pos, z, cell)
-        pos.requires_grad_(forces)
-        ptr = torch.tensor([0, pos.shape[0]], device=device)
-        q = torch.tensor([float(total_charge)], dtype=self.dtype, device=device)
-        frag, frag_q = self._fragments(fragments, fragment_charges, pos.shape[0], float(total_charge))
-        out = self.forward(pos, z, None if cell is None else cell.unsqueeze(0), ptr, q, frag, frag_q)
+        pos, z, cell, ptr, q, frag, frag_q = self.frame_inputs(
+            positions, atomic_numbers, box, total_charge, fragments, fragment_charges, forces)
+        out = self.forward(pos, z, cell, ptr, q, frag, frag_q)
         energy = out["energy"].sum()
         result: Dict[str, Any] = {
             "energy": energy.detach(),
