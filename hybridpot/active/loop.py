@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import io
 import json
 import os
@@ -164,14 +165,12 @@ class ActiveLearner:
     # ------------------------------------------------------------------ set-up
     def _fill_elements(self) -> None:
         """Model elements: the union of the initial data's and the structures' elements (all iterations agree)."""
-        import openmm.app as app
-
         from hybridpot.config import element_symbol
         from hybridpot.data import read_dataset
 
         model = self.train_config["model"]
         data = self.train_config["data"]
-        periodic = [app.PDBFile(s).topology.getPeriodicBoxVectors() is not None for s in self.al["structures"]]
+        periodic = [_openmm_topology(s).getPeriodicBoxVectors() is not None for s in self.al["structures"]]
         if len(set(periodic)) > 1:
             raise ValueError("active_learning.structures mixes periodic and non-periodic PDB files")
         if "periodic" not in model:
@@ -180,7 +179,7 @@ class ActiveLearner:
             return
         numbers = set()
         for s in self.al["structures"]:
-            numbers.update(a.element.atomic_number for a in app.PDBFile(s).topology.atoms())
+            numbers.update(a.element.atomic_number for a in _openmm_topology(s).atoms())
         options = {k: data[k] for k in ("energy_unit", "length_unit", "force_unit") if data[k] is not None}
         numbers.update(read_dataset(data["path"], **options).elements)
         model["elements"] = [element_symbol(z) for z in sorted(numbers)]
@@ -210,15 +209,15 @@ class ActiveLearner:
         path = self.iteration_dir(k) / "data.xyz"
         if path.is_file():
             return path
-        if k == 0:
-            frames = list(self._initial_data())
-        else:
-            previous = self.iteration_dir(k - 1)
-            if not (previous / "summary.json").is_file():
-                raise RuntimeError(f"iteration {k - 1} is not finished ({previous}/summary.json is missing)")
-            frames = list(read_extxyz(previous / "data.xyz")) + list(read_extxyz(previous / "labelled.xyz"))
-        write_extxyz(frames, path)
+        write_extxyz(list(self._initial_data()) if k == 0 else self._data_after(k - 1), path)
         return path
+
+    def _data_after(self, k: int) -> List[Frame]:
+        """Iteration k's training data plus the frames it labelled (needs iteration k finished)."""
+        folder = self.iteration_dir(k)
+        if not (folder / "summary.json").is_file():
+            raise RuntimeError(f"iteration {k} is not finished ({folder}/summary.json is missing)")
+        return list(read_extxyz(folder / "data.xyz")) + list(read_extxyz(folder / "labelled.xyz"))
 
     def train(self, k: int):
         """Stage 2: train (or finish training) the iteration's ensemble; returns the EnsembleTrainResult."""
@@ -405,9 +404,7 @@ class ActiveLearner:
         folder = self.output / "final"
         data_path = folder / "data.xyz"
         if not data_path.is_file():
-            previous = self.iteration_dir(last - 1)
-            frames = list(read_extxyz(previous / "data.xyz")) + list(read_extxyz(previous / "labelled.xyz"))
-            write_extxyz(frames, data_path)
+            write_extxyz(self._data_after(last - 1), data_path)
         from hybridpot.train.ensemble import train_ensemble
 
         return train_ensemble(self._iteration_config(data_path), folder, log=self.log)
@@ -448,7 +445,9 @@ def summary_line(row: Dict[str, Any]) -> str:
             f"failed {row['n_failed']} ({row['minutes']:.1f} min)")
 
 
+@functools.lru_cache(maxsize=None)
 def _openmm_topology(structure: str):
+    """The PDB's topology, parsed once per file (numbers, fragments and charges all come from it)."""
     import openmm.app as app
 
     return app.PDBFile(structure).topology
