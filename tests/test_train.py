@@ -307,3 +307,51 @@ def test_charges_and_dipoles_are_used_when_predicted_and_labelled(ethanol_file):
     assert terms["dipole"].detach().numpy() == pytest.approx(expected_dipole, rel=1e-10)
     summary = evaluate_frames(model, frames).summary()
     assert summary["charges"]["mae"] == pytest.approx(0.1)
+
+
+def test_descriptor_std_is_floored_relative_to_the_typical_spread():
+    from hybridpot.nn.behler_parrinello import descriptor_statistics
+
+    gen = torch.Generator().manual_seed(0)
+    n = 50
+    desc = torch.randn(n, 6, generator=gen, dtype=torch.float64) * torch.tensor([1.0, 2.0, 0.5, 1.5, 0.0, 1.0])
+    desc[:, 4] = 3.0  # constant: a shell no neighbour reaches in the data
+    desc[:, 5] = 2.0 + 1e-7 * desc[:, 5]  # near-constant: rigid angle
+    desc[:, 0] = 0.0  # never populated for this element
+    species = torch.zeros(n, dtype=torch.long)
+    stats = descriptor_statistics([(species, desc)], n_species=2)
+    spread = desc.std(0)
+    typical = float(torch.tensor([spread[1], spread[2], spread[3], spread[5]]).median())
+    std = stats["std"][0]
+    assert torch.allclose(std[1:4], spread[1:4])  # ordinary descriptors keep their sample std
+    for col in (0, 4, 5):
+        assert std[col] == pytest.approx(0.1 * typical)
+    assert torch.all(stats["std"][1] == 1.0)  # element absent from the data
+    assert torch.allclose(stats["mean"][0], desc.mean(0))
+
+
+def test_fitted_behler_parrinello_model_does_not_amplify_frozen_descriptors():
+    """With 20 ethanol frames the old 1e-6 clamp left O descriptors scaled by 1e6; MD then exploded."""
+    from hybridpot.train import fit_descriptor_statistics
+
+    frames = read_extxyz(example_path(), energy_unit="kcal/mol", length_unit="angstrom")[:20]
+    model = hybridpot.build_model(
+        {"elements": ["H", "C", "O"], "architecture": "behler_parrinello", "cutoff": 0.5, "dtype": "float64"}
+    )
+    assert fit_descriptor_statistics(model, frames)
+    std = model.short_range.desc_std
+    for k in range(3):
+        assert float(std[k].min()) >= 0.1 * float(std[k].median()) * 0.999
+        assert float(std[k].min()) > 1e-3
+    # a strongly distorted frame: standardised descriptors stay O(10), not O(1e5)
+    frame = frames[0]
+    pos = torch.tensor(frame.positions, dtype=torch.float64)
+    pos = pos + 0.02 * torch.randn(pos.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    z = torch.tensor(frame.atomic_numbers)
+    species = model.z_to_species[z]
+    i, j = torch.triu_indices(len(z), len(z), 1)
+    i, j = torch.cat([i, j]), torch.cat([j, i])
+    vectors = pos[j] - pos[i]
+    g = model.short_range.descriptors(species, i, j, vectors, torch.linalg.norm(vectors, dim=1))
+    standardised = (g - model.short_range.desc_mean[species]) / std[species]
+    assert float(standardised.abs().max()) < 200.0

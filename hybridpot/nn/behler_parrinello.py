@@ -93,8 +93,17 @@ class BehlerParrinello(torch.nn.Module):
         return energies, features
 
 
-def descriptor_statistics(per_atom: List[Tuple[Tensor, Tensor]], n_species: int) -> Dict[str, Tensor]:
-    """Per-element mean/std of descriptors from a list of (species (N,), descriptors (N, D))."""
+def descriptor_statistics(
+    per_atom: List[Tuple[Tensor, Tensor]], n_species: int, relative_floor: float = 0.1
+) -> Dict[str, Tensor]:
+    """Per-element mean/std of descriptors from a list of (species (N,), descriptors (N, D)).
+
+    A descriptor that hardly varies in the training data (a radial shell no neighbour reached, a rigid
+    molecule's fixed angle) would otherwise be divided by a near-zero std and amplified ~1e6 as soon as MD
+    moves it, so each element's stds are floored at ``relative_floor`` times that element's median
+    descriptor std (the median over the descriptors that vary at all): no descriptor is scaled up more
+    than 1/relative_floor times the typical one. An element without spread keeps std 1.
+    """
     species = torch.cat([s for s, _ in per_atom])
     desc = torch.cat([g for _, g in per_atom]).to(torch.float64)
     mean = torch.zeros(n_species, desc.shape[1], dtype=torch.float64)
@@ -104,5 +113,9 @@ def descriptor_statistics(per_atom: List[Tuple[Tensor, Tensor]], n_species: int)
         if sel.shape[0] > 0:
             mean[k] = sel.mean(0)
         if sel.shape[0] > 1:
-            std[k] = sel.std(0)
+            spread = sel.std(0)
+            active = spread[spread > 1e-9 * float(spread.max())]  # columns this element's data moves
+            typical = float(active.median()) if active.numel() > 0 else 0.0
+            if typical > 0.0:
+                std[k] = torch.clamp(spread, min=relative_floor * typical)
     return {"mean": mean, "std": std}
