@@ -4,8 +4,8 @@ For each box size this times, per energy+forces evaluation (forward + autograd b
 
 - ``mlp``: the short-range model alone (E_MLP; default Behler-Parrinello, 0.5 nm cutoff)
 - ``elec``: hybridpot's PME (``Electrostatics(method="pme")``) on the TIP3P charges
-- ``disp``: D3(BJ) with MD-style cutoffs (see --d3-cutoff; the dftd3 library's 60 bohr default
-  would need ~10^4 pairs per atom), optionally with its mean-field tail correction (--d3-tail)
+- ``disp``: D3(BJ) with the periodic models' MD preset by default (0.8 nm pair and CN cutoffs, 0.2 nm
+  taper, mean-field tail correction; the dftd3 library's 60 bohr default would need ~10^4 pairs per atom)
 - ``hybrid``: the full model (MLP + charge head + PME + D3) in one graph
 - ``openmm_pme``: OpenMM's NonbondedForce (PME, charges only, same accuracy) on the CPU platform,
   measured in the same run as the baseline
@@ -18,7 +18,7 @@ stored in the JSON file next to them.
     python benchmarks/long_range_cost.py                 # default sizes
     python benchmarks/long_range_cost.py --quick         # two small sizes, for a smoke run
     python benchmarks/long_range_cost.py --sizes 650 3000 30000 --repeats 3
-    python benchmarks/long_range_cost.py --terms disp --d3-cutoff 0.8 --d3-tail   # D3 alone
+    python benchmarks/long_range_cost.py --terms disp --d3-cutoff 1.2 --no-d3-tail   # D3 alone, other cutoff
     python benchmarks/long_range_cost.py --d3-accuracy --sizes 1500     # D3 cutoffs vs dftd3, no timing
 
 ``--d3-accuracy`` prices the shorter D3 cutoffs instead: energy (per atom), forces and virial of
@@ -43,6 +43,7 @@ import common  # noqa: E402
 
 import hybridpot  # noqa: E402
 from hybridpot.physics.dispersion import D3Dispersion  # noqa: E402
+from hybridpot.model import MD_D3_CN_CUTOFF, MD_D3_CUTOFF, MD_D3_TAPER  # noqa: E402
 from hybridpot.physics.electrostatics import Electrostatics  # noqa: E402
 
 TERMS = ("mlp", "elec", "disp", "hybrid", "openmm_pme")
@@ -102,8 +103,8 @@ def measure(box: common.WaterBox, args: argparse.Namespace) -> Dict[str, Any]:
     z = torch.tensor(box.atomic_numbers)
     ptr = torch.tensor([0, box.n_atoms])
     q = torch.tensor(tip3p_charges(box.atomic_numbers), dtype=dtype)
-    d3_options = {"cutoff": args.d3_cutoff, "cn_cutoff": args.d3_cn_cutoff, "taper_width": args.d3_taper}
-    disp_options = dict(d3_options, tail_correction=True) if args.d3_tail else d3_options
+    d3_options = {"cutoff": args.d3_cutoff, "cn_cutoff": args.d3_cn_cutoff, "taper_width": args.d3_taper,
+                  "tail_correction": args.d3_tail}
 
     base = {"elements": ["H", "O"], "architecture": args.arch, "periodic": True, "cutoff": 0.5, "dtype": args.dtype}
     mlp = hybridpot.build_model(base)
@@ -116,7 +117,7 @@ def measure(box: common.WaterBox, args: argparse.Namespace) -> Dict[str, Any]:
         )
     )
     elec = Electrostatics(method="pme", accuracy=args.accuracy, cutoff=args.pme_cutoff).to(dtype)
-    disp = D3Dispersion.from_functional("pbe", elements=[1, 8], **disp_options).to(dtype)
+    disp = D3Dispersion.from_functional("pbe", elements=[1, 8], **d3_options).to(dtype)
     if args.mode == "scripted":
         mlp, hybrid, elec, disp = (torch.jit.script(m) for m in (mlp, hybrid, elec, disp))
 
@@ -134,7 +135,8 @@ def measure(box: common.WaterBox, args: argparse.Namespace) -> Dict[str, Any]:
         if name in args.terms:
             row[name] = timed(energy_and_forces(fn), args.warmup, args.repeats)
     if "openmm_pme" in args.terms:
-        row["openmm_pme"] = openmm_pme_seconds(box, args.accuracy, args.pme_cutoff, 3, max(args.repeats, 5))
+        cutoff = args.pme_cutoff if args.pme_cutoff is not None else elec.max_default_cutoff
+        row["openmm_pme"] = openmm_pme_seconds(box, args.accuracy, cutoff, 3, max(args.repeats, 5))
     return row
 
 
@@ -189,12 +191,17 @@ def main(argv: List[str] | None = None) -> int:
                         help="eager modules, or torch.jit.script as TorchForce runs them (default eager)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--accuracy", type=float, default=1e-5, help="PME accuracy (ewaldErrorTolerance)")
-    parser.add_argument("--pme-cutoff", type=float, default=0.9, help="PME real-space cutoff, nm (default 0.9)")
-    parser.add_argument("--d3-cutoff", type=float, default=1.2, help="D3 pair cutoff, nm (default 1.2)")
-    parser.add_argument("--d3-cn-cutoff", type=float, default=0.8, help="D3 coordination-number cutoff, nm")
-    parser.add_argument("--d3-taper", type=float, default=0.2, help="D3 smooth switch width, nm (default 0.2)")
-    parser.add_argument("--d3-tail", action="store_true",
-                        help="add D3's mean-field tail correction beyond the cutoff (the 'disp' term only)")
+    parser.add_argument("--pme-cutoff", type=float, default=None,
+                        help="PME real-space cutoff, nm (default: hybridpot's, 0.5 nm at accuracy >= 1e-4, 0.8 nm "
+                        "below; OpenMM's baseline uses the same cutoff)")
+    parser.add_argument("--d3-cutoff", type=float, default=MD_D3_CUTOFF,
+                        help=f"D3 pair cutoff, nm (default {MD_D3_CUTOFF}, periodic models' default)")
+    parser.add_argument("--d3-cn-cutoff", type=float, default=MD_D3_CN_CUTOFF,
+                        help=f"D3 coordination-number cutoff, nm (default {MD_D3_CN_CUTOFF})")
+    parser.add_argument("--d3-taper", type=float, default=MD_D3_TAPER,
+                        help=f"D3 smooth switch width, nm (default {MD_D3_TAPER})")
+    parser.add_argument("--d3-tail", action=argparse.BooleanOptionalAction, default=True,
+                        help="D3's mean-field tail correction beyond the cutoff (default on, as in periodic models)")
     parser.add_argument("--terms", nargs="+", default=list(TERMS), choices=TERMS,
                         help="terms to time (default: all)")
     parser.add_argument("--threads", type=int, default=1,
@@ -256,8 +263,11 @@ def main(argv: List[str] | None = None) -> int:
     print("scaling exponents (CPU time ~ N^k): " + ", ".join(f"{t} {fits[t]['exponent']:.2f}" for t in terms))
     print("targets: (elec + disp) <= mlp at every size; PME ~ N log N (k slightly above 1)")
     tail = " + tail correction" if args.d3_tail else ""
+    pme_cutoff = args.pme_cutoff
+    if pme_cutoff is None:
+        pme_cutoff = Electrostatics(method="pme", accuracy=args.accuracy).max_default_cutoff
     print(
-        f"settings: {args.arch} {args.mode} {args.dtype}; PME accuracy {args.accuracy}, cutoff {args.pme_cutoff} nm; "
+        f"settings: {args.arch} {args.mode} {args.dtype}; PME accuracy {args.accuracy}, cutoff {pme_cutoff} nm; "
         f"D3 cutoff {args.d3_cutoff} nm (CN {args.d3_cn_cutoff} nm, taper {args.d3_taper} nm){tail}; "
         f"torch threads {torch.get_num_threads()}; {common.load_string()}"
     )

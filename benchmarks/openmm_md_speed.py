@@ -4,9 +4,10 @@ For each box size, OpenMM platform (CPU; CUDA when torch and OpenMM both have it
 (``torchforce``, ``pythonforce``) and model:
 
 - ``short``: the short-range model alone (E_MLP; Behler-Parrinello, 0.5 nm cutoff, default sizes)
-- ``hybrid``: MLP + NN charges + PME + D3(BJ) with MD-style settings: PME accuracy 5e-4 with a 0.9 nm
-  real-space cutoff (OpenMM's defaults, as in the classical run), D3 cutoff 1.2 nm, CN cutoff
-  0.8 nm, taper 0.2 nm (the dftd3 library's 60 bohr default would cost ~10^4 pairs per atom)
+- ``hybrid``: MLP + NN charges + PME + D3(BJ) with a periodic model's defaults: PME accuracy 5e-4
+  (OpenMM's default, as in the classical run) with hybridpot's default real-space cutoff (0.5 nm at
+  this accuracy), D3 with the MD preset (0.8 nm pair and CN cutoffs, 0.2 nm taper, mean-field tail
+  correction; the dftd3 library's 60 bohr default would cost ~10^4 pairs per atom)
 
 this times LangevinMiddleIntegrator steps of a System from ``hybridpot.openmm.create_system`` after
 a warm-up (TorchScript's profiling executor makes the first ~15 calls slow), each case in a fresh
@@ -127,10 +128,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--accuracy", type=float, default=5e-4, help="PME accuracy (OpenMM's default 5e-4)")
-    parser.add_argument("--pme-cutoff", type=float, default=0.9, help="PME real-space cutoff, nm (default 0.9)")
-    parser.add_argument("--d3-cutoff", type=float, default=1.2, help="D3 pair cutoff, nm (default 1.2)")
-    parser.add_argument("--d3-cn-cutoff", type=float, default=0.8, help="D3 coordination-number cutoff, nm")
-    parser.add_argument("--d3-taper", type=float, default=0.2, help="D3 smooth switch width, nm (default 0.2)")
+    parser.add_argument("--pme-cutoff", type=float, default=None,
+                        help="PME real-space cutoff, nm (default: hybridpot's, 0.5 nm at accuracy >= 1e-4)")
+    parser.add_argument("--d3-cutoff", type=float, default=None, help="D3 pair cutoff, nm (default: MD preset, 0.8)")
+    parser.add_argument("--d3-cn-cutoff", type=float, default=None,
+                        help="D3 coordination-number cutoff, nm (default: MD preset, 0.8)")
+    parser.add_argument("--d3-taper", type=float, default=None,
+                        help="D3 smooth switch width, nm (default: MD preset, 0.2)")
     parser.add_argument("--seconds", type=float, default=6.0, help="timed seconds per case (default 6)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per case; the median is reported")
     parser.add_argument("--threads", type=int, default=1,

@@ -34,14 +34,28 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unit_options(args: argparse.Namespace) -> dict:
+    """The file-unit options given on the command line, for ``read_dataset``."""
+    keys = ("energy_unit", "length_unit", "force_unit", "charge_unit", "dipole_unit")
+    return {key: getattr(args, key) for key in keys if getattr(args, key, None)}
+
+
+def _add_unit_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--energy-unit", default="kJ/mol", help="energy unit of the file (kJ/mol, kcal/mol, eV, hartree)")
+    p.add_argument("--length-unit", default="nm", help="length unit of the file (nm, angstrom, bohr)")
+    p.add_argument("--force-unit", help="force unit of the file (default: energy unit / length unit)")
+    p.add_argument("--charge-unit", help="unit of per-atom charges in the file (default: e)")
+    p.add_argument("--dipole-unit", help="dipole unit of the file (e*nm, e*angstrom, e*bohr, debye; default: the "
+                   "reader's, e*nm for extxyz and e*bohr for HDF5)")
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     import numpy as np
 
     from hybridpot.config import element_symbol
     from hybridpot.data import fit_reference_energies, read_dataset
 
-    options = {"energy_unit": args.energy_unit, "length_unit": args.length_unit}
-    dataset = read_dataset(args.path, **options)
+    dataset = read_dataset(args.path, **_unit_options(args))
     n_atoms = np.array([f.n_atoms for f in dataset])
     print(f"{args.path}: {len(dataset)} frames, {n_atoms.min()}-{n_atoms.max()} atoms per frame")
     print(f"elements: {', '.join(element_symbol(z) for z in dataset.elements)}")
@@ -126,10 +140,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from hybridpot.train.plots import plot_parity
 
     model = hybridpot.load_model(args.model)
-    options = {"energy_unit": args.energy_unit, "length_unit": args.length_unit}
-    if args.force_unit:
-        options["force_unit"] = args.force_unit
-    frames = read_dataset(args.data, **options)
+    frames = read_dataset(args.data, **_unit_options(args))
     result = evaluate_model(model, frames, batch_size=args.batch_size)
     print(f"{args.model} on {args.data}: {result.n_frames} frames, {result.n_atoms} atoms "
           f"(energy offset b = {result.energy_offset:.4f} kJ/mol)")
@@ -283,8 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and print what it holds.",
     )
     p.add_argument("path", help="data file")
-    p.add_argument("--energy-unit", default="kJ/mol", help="energy unit of the file (kJ/mol, kcal/mol, eV, hartree)")
-    p.add_argument("--length-unit", default="nm", help="length unit of the file (nm, angstrom, bohr)")
+    _add_unit_arguments(p)
     p.set_defaults(func=_cmd_data)
 
     p = sub.add_parser(
@@ -327,9 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model", help="model file written by training (model.pt)")
     p.add_argument("data", help="data file (.xyz/.extxyz, .npz, .h5/.hdf5)")
-    p.add_argument("--energy-unit", default="kJ/mol", help="energy unit of the file (kJ/mol, kcal/mol, eV, hartree)")
-    p.add_argument("--length-unit", default="nm", help="length unit of the file (nm, angstrom, bohr)")
-    p.add_argument("--force-unit", help="force unit of the file (default: energy unit / length unit)")
+    _add_unit_arguments(p)
     p.add_argument("--batch-size", type=int, default=64, help="frames per batch (default: 64)")
     p.add_argument("--output", help="folder for the JSON and PNG (default: the model's folder)")
     p.set_defaults(func=_cmd_evaluate)

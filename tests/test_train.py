@@ -355,3 +355,31 @@ def test_fitted_behler_parrinello_model_does_not_amplify_frozen_descriptors():
     g = model.short_range.descriptors(species, i, j, vectors, torch.linalg.norm(vectors, dim=1))
     standardised = (g - model.short_range.desc_mean[species]) / std[species]
     assert float(standardised.abs().max()) < 200.0
+
+
+def test_data_config_charge_and_dipole_units(tmp_path):
+    """A file with charges in e and dipoles in debye is read in e nm when the config says so."""
+    from hybridpot.train.preparation import read_splits
+
+    path = tmp_path / "debye.xyz"
+    lines = []
+    for k in range(10):
+        lines += [
+            "2",
+            f'energy={-1.0 - 0.01 * k} dipole="{1.0 + k} 0.0 0.0" pbc="F F F"'
+            ' Properties=species:S:1:pos:R:3:forces:R:3:charges:R:1',
+            f"H 0.0 0.0 0.0 0.1 0.0 0.0 {0.1 * k}",
+            f"H 0.0 0.0 {0.74 + 0.01 * k} -0.1 0.0 0.0 {-0.1 * k}",
+        ]
+    path.write_text("\n".join(lines) + "\n")
+    data = {"path": str(path), "energy_unit": "eV", "length_unit": "angstrom", "dipole_unit": "debye",
+            "split": [8, 1, 1]}
+    splits = read_splits(resolve_train_config({"data": data})["data"])
+    frames = list(splits.train) + list(splits.val) + list(splits.test)
+    got = sorted(float(frame.dipole[0]) for frame in frames)
+    np.testing.assert_allclose(got, 0.020819434 * np.arange(1.0, 11.0), rtol=1e-7)  # 1 D = 0.020819434 e nm
+    assert sorted(float(frame.charges[0]) for frame in frames) == pytest.approx([0.1 * k for k in range(10)])
+    with pytest.raises(ValueError, match="dipole"):
+        read_splits(resolve_train_config({"data": dict(data, dipole_unit="kJ/mol")})["data"])
+    with pytest.raises(ValueError, match=r"data.charge_unit must be str"):
+        resolve_train_config({"data": dict(data, charge_unit=1)})

@@ -44,6 +44,7 @@ import yaml
 from hybridpot.active.selection import FrameScores, score_frames, select_frames
 from hybridpot.data import Dataset, Frame, read_extxyz, write_extxyz
 from hybridpot.io import atomic_write, atomic_write_text
+from hybridpot.train.preparation import reader_options
 
 DEFAULT_ACTIVE_LEARNING: Dict[str, Any] = {
     "iterations": 3,  # train -> explore -> select -> label cycles
@@ -180,8 +181,7 @@ class ActiveLearner:
         numbers = set()
         for s in self.al["structures"]:
             numbers.update(a.element.atomic_number for a in _openmm_topology(s).atoms())
-        options = {k: data[k] for k in ("energy_unit", "length_unit", "force_unit") if data[k] is not None}
-        numbers.update(read_dataset(data["path"], **options).elements)
+        numbers.update(read_dataset(data["path"], **reader_options(data)).elements)
         model["elements"] = [element_symbol(z) for z in sorted(numbers)]
 
     def iteration_dir(self, k: int) -> Path:
@@ -191,12 +191,14 @@ class ActiveLearner:
         from hybridpot.data import read_dataset
 
         data = self.train_config["data"]
-        options = {k: data[k] for k in ("energy_unit", "length_unit", "force_unit") if data[k] is not None}
-        return read_dataset(data["path"], **options).validate()
+        return read_dataset(data["path"], **reader_options(data)).validate()
 
     def _iteration_config(self, data_path: Path) -> Dict[str, Any]:
         cfg = copy.deepcopy(self.train_config)
-        cfg["data"].update(path=str(data_path), energy_unit="kJ/mol", length_unit="nm", force_unit=None)
+        cfg["data"].update(
+            path=str(data_path), energy_unit="kJ/mol", length_unit="nm", force_unit=None, charge_unit="e",
+            dipole_unit="e*nm",
+        )
         split = cfg["data"]["split"]
         if sum(split) > 1.0 + 1e-9:  # frame counts do not survive a growing data set: use fractions
             total = float(sum(split))

@@ -161,8 +161,12 @@ def read_npz(
     length_unit: str,
     force_unit: str | None = None,
     charge_unit: str = "e",
+    dipole_unit: str | None = None,
 ) -> Dataset:
     """Read an (r)MD17-style ``.npz`` file and convert to internal units.
+
+    ``dipole_unit`` is accepted so that every reader takes the same unit options; these files carry no
+    dipoles, but a unit that is not a dipole unit still raises.
 
     Expected arrays (alternative rMD17 names in brackets): ``z`` [nuclear_charges] (N,),
     ``R`` [coords] (M, N, 3), optional ``E`` [energies] (M,) or (M, 1), optional ``F`` [forces]
@@ -176,6 +180,8 @@ def read_npz(
     f_e = unit_factor("energy", energy_unit, path)
     f_f = unit_factor("force", force_unit, path)
     f_q = unit_factor("charge", charge_unit, path)
+    if dipole_unit is not None:
+        unit_factor("dipole", dipole_unit, path)
 
     with np.load(path, allow_pickle=False) as npz:
         present = sorted(npz.files)

@@ -46,6 +46,8 @@ DEFAULT_TRAIN_CONFIG: Dict[str, Any] = {
         "energy_unit": None,  # the file's units; None: the reader's default (kJ/mol for extxyz)
         "length_unit": None,
         "force_unit": None,  # None: energy_unit/length_unit
+        "charge_unit": None,  # per-atom charges; None: the reader's default (e)
+        "dipole_unit": None,  # None: the reader's default (e*nm for extxyz, e*bohr for HDF5); or debye
         "split": [0.8, 0.1, 0.1],  # train, val, test: frame counts or fractions summing to 1
         "seed": 0,  # seed of the random split
     },
@@ -88,6 +90,8 @@ _TYPES: Dict[str, Tuple[type, ...]] = {
     "data.energy_unit": (str,),
     "data.length_unit": (str,),
     "data.force_unit": (str,),
+    "data.charge_unit": (str,),
+    "data.dipole_unit": (str,),
     "data.split": (list, tuple),
     "data.seed": (int,),
     "training.epochs": (int,),
@@ -123,6 +127,8 @@ _OPTIONAL = {
     "data.energy_unit",
     "data.length_unit",
     "data.force_unit",
+    "data.charge_unit",
+    "data.dipole_unit",
     "training.clip_grad_norm",
     "training.patience",
     "training.time_budget",

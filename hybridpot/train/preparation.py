@@ -37,11 +37,19 @@ class Splits:
         return digest.hexdigest()
 
 
+#: Keys of the ``data`` config section that are passed to the file reader when not None.
+UNIT_KEYS = ("energy_unit", "length_unit", "force_unit", "charge_unit", "dipole_unit")
+
+
+def reader_options(data_cfg: Dict[str, Any]) -> Dict[str, str]:
+    """The unit options of a ``data`` config section for :func:`hybridpot.data.read_dataset`."""
+    return {key: data_cfg[key] for key in UNIT_KEYS if data_cfg.get(key) is not None}
+
+
 def read_splits(data_cfg: Dict[str, Any]) -> Splits:
     """Read ``data.path`` in its units and split it; checks that energies and forces are present."""
     path = resolve_data_path(data_cfg["path"])
-    options = {key: data_cfg[key] for key in ("energy_unit", "length_unit", "force_unit") if data_cfg[key] is not None}
-    dataset = read_dataset(path, **options).validate()
+    dataset = read_dataset(path, **reader_options(data_cfg)).validate()
     split = data_cfg["split"]
     if all(float(s).is_integer() for s in split) and sum(split) > 1:
         split = [int(s) for s in split]
