@@ -37,7 +37,9 @@ version of this system (start at phi -59, psi 160, outside data.xyz), a Behler-P
 trained on data.xyz alone put the start at -97,665 kJ/mol (11,000 below the data) with forces of
 3e6 kJ/mol/nm and MD failed at once: symmetry functions that never vary in the training data get a
 standard deviation clamped to 1e-6 (hybridpot/nn/behler_parrinello.py, set_statistics), so any
-structure where they are non-zero multiplies them by up to 1e6. PaiNN has no such normalisation.
+structure where they are non-zero multiplies them by up to 1e6 (since 2026-11-21 the std is floored at
+0.1x the element's median descriptor spread instead; this example was not re-measured with BP since).
+PaiNN has no such normalisation.
 With the current data and the extra frames ``--architecture behler_parrinello`` runs as well (243
 epochs, validation force MAE 47.9 kJ/mol/nm, 1000 steps at 93 ms/step, phi -127 -> -165 deg).
 

@@ -31,6 +31,9 @@ DEFAULT_MODEL_CONFIG: Dict[str, Any] = {
         "hidden": [64, 64],
         "activation": "silu",
         "cutoff_function": "cosine",
+        # angular radial form: "product" (one Gaussian per leg, evaluated without listing triplets) or
+        # "mean" (ANI's Gaussian of the mean distance; models saved before it existed load with "mean")
+        "angular_form": "product",
     },
     "painn": {
         "n_features": 64,

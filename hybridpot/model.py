@@ -393,6 +393,20 @@ def load_model(path: Union[str, os.PathLike], map_location: str = "cpu") -> Unio
     return model_from_payload(payload, repr(os.fspath(path)))
 
 
+def _saved_config(config: Dict[str, Any]) -> Dict[str, Any]:
+    """A saved model's config, with the defaults of the version that wrote it where keys were added since.
+
+    Behler-Parrinello models saved before ``behler_parrinello.angular_form`` existed used the mean form.
+    """
+    if not isinstance(config, dict) or not isinstance(config.get("behler_parrinello"), dict):
+        return config
+    if "angular_form" in config["behler_parrinello"]:
+        return config
+    config = dict(config)
+    config["behler_parrinello"] = dict(config["behler_parrinello"], angular_form="mean")
+    return config
+
+
 def model_from_payload(payload: Any, path: str) -> HybridModel:
     """The HybridModel of a :func:`save_model` payload; ``path`` names it in error messages."""
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
@@ -402,7 +416,7 @@ def model_from_payload(payload: Any, path: str) -> HybridModel:
             f"{path} has model format version {payload.get('format_version')}, this hybridpot reads {MODEL_FORMAT_VERSION}"
         )
     try:
-        model = build_model(payload["config"])
+        model = build_model(_saved_config(payload["config"]))
     except (KeyError, TypeError) as exc:
         raise ValueError(f"{path}: no valid model config ({exc!r})") from exc
     meta = payload.get("metadata", {})

@@ -106,3 +106,25 @@ def test_periodic_model_without_box_raises():
 def test_config_errors(config, match):
     with pytest.raises(ValueError, match=match):
         hybridpot.build_model(config)
+
+
+def test_models_saved_before_angular_form_load_with_the_mean_form(tmp_path):
+    """Files written before ``behler_parrinello.angular_form`` existed keep their (mean-form) energies."""
+    torch.manual_seed(0)
+    config = {"elements": ["H", "O"], "architecture": "behler_parrinello", "dtype": "float64",
+              "behler_parrinello": {"angular_form": "mean", "hidden": [8]}}
+    mean_model = hybridpot.build_model(config)
+    hybridpot.save_model(mean_model, tmp_path / "new.pt")
+    payload = torch.load(tmp_path / "new.pt", weights_only=True)
+    del payload["config"]["behler_parrinello"]["angular_form"]  # what an older hybridpot wrote
+    torch.save(payload, tmp_path / "old.pt")
+    old = hybridpot.load_model(tmp_path / "old.pt")
+    assert old.config["behler_parrinello"]["angular_form"] == "mean"
+    pos = np.array([[0.0, 0.0, 0.0], [0.096, 0.0, 0.0], [-0.024, 0.093, 0.0], [0.25, 0.05, 0.03]])
+    z = [8, 1, 1, 1]
+    reference = float(mean_model.compute(pos, z)["energy"])
+    assert float(old.compute(pos, z)["energy"]) == pytest.approx(reference, rel=1e-12)
+    # a new model (product form by default) with the same weights gives another energy: the key matters
+    product = hybridpot.build_model(dict(config, behler_parrinello={"hidden": [8]}))
+    product.load_state_dict(mean_model.state_dict())
+    assert abs(float(product.compute(pos, z)["energy"]) - reference) > 1e-6

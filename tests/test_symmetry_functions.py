@@ -14,7 +14,7 @@ def fc(r, rc):
     return 0.5 * (np.cos(np.pi * r / rc) + 1.0) if r < rc else 0.0
 
 
-def naive(pos, species, n_species, rc, p):
+def naive(pos, species, n_species, rc, p, form="product"):
     n = len(pos)
     rs, eta = p["radial_shifts"], p["radial_eta"]
     ra_c, as_, eta_a = p["angular_cutoff"], p["angular_shifts"], p["angular_eta"]
@@ -44,25 +44,63 @@ def naive(pos, species, n_species, rc, p):
             cos = rij @ rik / (a * b)
             base = n_species * len(rs) + pair_index[(species[j], species[kk])] * n_ang
             for s, shift in enumerate(as_):
-                radial = np.exp(-eta_a * ((a + b) / 2 - shift) ** 2) * fc(a, ra_c) * fc(b, ra_c)
+                if form == "mean":
+                    radial = np.exp(-eta_a * ((a + b) / 2 - shift) ** 2) * fc(a, ra_c) * fc(b, ra_c)
+                else:
+                    radial = np.exp(-eta_a * ((a - shift) ** 2 + (b - shift) ** 2)) * fc(a, ra_c) * fc(b, ra_c)
                 for t, (zeta, lam) in enumerate(zl):
                     out[i, base + s * len(zl) + t] += 2 ** (1 - zeta) * (1 + lam * cos) ** zeta * radial
     return out
 
 
+@pytest.mark.parametrize("form", ["product", "mean"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_descriptors_equal_naive_formula(seed):
+def test_descriptors_equal_naive_formula(seed, form):
     rng = np.random.default_rng(seed)
     pos = rng.uniform(0, 0.45, (7, 3))
     species = rng.integers(0, 3, 7)
     rc = 0.5
     p = default_parameters(rc, 8, n_angular=3)
-    sf = SymmetryFunctions(3, rc, p).double()
+    sf = SymmetryFunctions(3, rc, p, angular_form=form).double()
     x = torch.tensor(pos)
     i, j, s = frame_neighbors(x, rc, None)
     v = pair_vectors(x, i, j, s, None)
     got = sf(torch.tensor(species), i, j, v, torch.linalg.norm(v, dim=1)).numpy()
-    np.testing.assert_allclose(got, naive(pos, species, 3, rc, p), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got, naive(pos, species, 3, rc, p, form), rtol=1e-10, atol=1e-12)
+
+
+def test_product_form_in_a_crowded_periodic_box_and_scripted():
+    """Many neighbours per atom (padded tables with uneven rows), periodic images, non-integer zeta,
+    and TorchScript: the product form still equals the naive sum over neighbour pairs."""
+    rng = np.random.default_rng(3)
+    n, edge, rc = 24, 0.9, 0.45
+    pos = rng.uniform(0, edge, (n, 3))
+    species = rng.integers(0, 2, n)
+    p = dict(default_parameters(rc, 6, n_angular=3), zetas=[1.0, 2.5])
+    sf = torch.jit.script(SymmetryFunctions(2, rc, p, angular_form="product").double())
+    x = torch.tensor(pos)
+    box = torch.eye(3, dtype=torch.float64) * edge
+    i, j, s = frame_neighbors(x, rc, box)
+    v = pair_vectors(x, i, j, s, box)
+    got = sf(torch.tensor(species), i, j, v, torch.linalg.norm(v, dim=1)).numpy()
+    # naive reference on explicit periodic images (edge = 2 x cutoff: each neighbour image at most once)
+    images = np.array([[a, b, c] for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)]) * edge
+    ref = np.zeros_like(got)
+    for centre in range(n):
+        neighbours = [
+            (pos[m] + shift - pos[centre], species[m])
+            for m in range(n) for shift in images
+            if not (m == centre and not shift.any()) and np.linalg.norm(pos[m] + shift - pos[centre]) < rc
+        ]
+        cloud = np.array([pos[centre]] + [pos[centre] + r for r, _ in neighbours])
+        kinds = np.array([species[centre]] + [t for _, t in neighbours])
+        ref[centre] = naive(cloud, kinds, 2, rc, p)[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-12)
+
+
+def test_unknown_angular_form_is_an_error():
+    with pytest.raises(ValueError, match="unknown angular_form 'ani'; known: product, mean"):
+        SymmetryFunctions(2, 0.5, default_parameters(0.5, 4), angular_form="ani")
 
 
 def test_triplets_enumerate_each_neighbour_pair_once():

@@ -57,11 +57,12 @@ class BehlerParrinello(torch.nn.Module):
         hidden: List[int] | None = None,
         activation: str = "silu",
         cutoff_function: str = "cosine",
+        angular_form: str = "product",
     ):
         super().__init__()
         hidden = [64, 64] if hidden is None else list(hidden)
         params = default_parameters(cutoff, n_radial, angular_cutoff=angular_cutoff, n_angular=n_angular)
-        self.descriptor = SymmetryFunctions(n_species, cutoff, params, cutoff_function)
+        self.descriptor = SymmetryFunctions(n_species, cutoff, params, cutoff_function, angular_form)
         n_desc = self.descriptor.n_descriptors
         self.nets = torch.nn.ModuleList([ElementNet(n_desc, hidden, activation) for _ in range(n_species)])
         self.n_features = hidden[-1]

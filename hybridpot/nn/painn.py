@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from hybridpot.physics.cutoffs import cutoff_function, cutoff_kind
+from hybridpot.physics.neighbors import neighbour_slots
 
 #: Largest ratio of slots in the per-atom (N, K) neighbour layout to pairs (that is, of the most
 #: neighbours of any atom to the mean) for which the r_ij / |r_ij| message term is summed with a
@@ -86,32 +87,6 @@ class BesselBasis(torch.nn.Module):
         """distances: (P,) nm -> (P, n_rbf) dimensionless."""
         r = distances.unsqueeze(-1)
         return torch.sin(self.n * (r * self.pi_over_cutoff)) * (self.cutoff / r)
-
-
-def neighbour_slots(i: Tensor, n_atoms: int) -> Tuple[Tensor, int]:
-    """Place each pair in a per-atom table of neighbours, padded to the longest row.
-
-    Parameters
-    ----------
-    i: (P,) int64 receiving atom of each pair, in [0, n_atoms)
-    n_atoms: N
-
-    Returns
-    -------
-    slots: (P,) int64, i * K + (rank of the pair among the pairs of its atom i, in input order)
-    K: the most pairs of any atom (0 without pairs); slots are distinct and < N * K
-    """
-    n_pairs = i.shape[0]
-    if n_pairs == 0:
-        return torch.zeros_like(i), 0
-    counts = torch.bincount(i, minlength=n_atoms)
-    k = int(counts.max())
-    order = torch.argsort(i, stable=True)
-    first = torch.cumsum(counts, 0) - counts
-    rank = torch.empty_like(i).index_copy_(
-        0, order, torch.arange(n_pairs, dtype=i.dtype, device=i.device) - first[i[order]]
-    )
-    return i * k + rank, k
 
 
 def filtered(phi: Tensor, weight: Tensor, j: Tensor, radial: Tensor, start: int, stop: int) -> Tensor:

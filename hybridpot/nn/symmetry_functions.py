@@ -4,12 +4,24 @@ Radial (G2), one block per neighbour element Z:
 
     G2_{i,Z,s} = sum_{j in Z} exp(-eta_R (r_ij - R_s)^2) f_c(r_ij)
 
-Angular, one block per unordered neighbour-element pair (Z1, Z2). The angular factor is Behler's G4
-polynomial in cos(theta) (no arccos, so forces are smooth even for linear triplets) and the radial
-factor uses ANI-style shells on the mean distance:
+Angular, one block per unordered neighbour-element pair (Z1, Z2), summed over the pairs of
+neighbours j < k (j in Z1, k in Z2 or the other way round) inside the angular cutoff. The angular
+factor is Behler's G4/G5 polynomial in cos(theta) (no arccos, so forces are smooth even for linear
+triplets). Two radial forms (``angular_form``):
 
-    GA_{i,(Z1,Z2),s,(zeta,lam)} = 2^(1-zeta) sum_{j<k} (1 + lam cos theta_jik)^zeta
-                                  exp(-eta_A ((r_ij + r_ik)/2 - R_s)^2) f_c(r_ij) f_c(r_ik)
+- ``"product"`` (default): one shifted Gaussian per leg, Behler's G5 with shells,
+
+      GA_{i,(Z1,Z2),s,(zeta,lam)} = 2^(1-zeta) sum_{j<k} (1 + lam cos theta_jik)^zeta R_s(r_ij) R_s(r_ik),
+      R_s(r) = exp(-eta_A (r - R_s)^2) f_c(r)
+
+  It factorises over j and k, so it is evaluated per atom from a padded table of its neighbours with
+  batched matrix products (the Gram matrix of unit vectors), without listing triplets: 4-6x cheaper
+  than the mean form in liquid water, where each atom has ~18 neighbours within 0.35 nm;
+- ``"mean"``: ANI-style shells on the mean distance, listing every triplet (the form of models saved
+  before 2026-11-21, which still load with it):
+
+      GA_{i,(Z1,Z2),s,(zeta,lam)} = 2^(1-zeta) sum_{j<k} (1 + lam cos theta_jik)^zeta
+                                    exp(-eta_A ((r_ij + r_ik)/2 - R_s)^2) f_c(r_ij) f_c(r_ik)
 
 All sums run over neighbours inside the respective cutoff, so every term is invariant to rotation,
 translation and permutation of like atoms, and vanishes smoothly at the cutoff.
@@ -17,12 +29,17 @@ translation and permutation of like atoms, and vanishes smoothly at the cutoff.
 
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Tuple
 
 import torch
 from torch import Tensor
 
 from hybridpot.physics.cutoffs import cutoff_function, cutoff_kind
+from hybridpot.physics.neighbors import neighbour_slots
+
+#: Radial forms of the angular symmetry functions (see the module docstring).
+ANGULAR_FORMS = ("product", "mean")
 
 
 def default_parameters(
@@ -95,10 +112,21 @@ class SymmetryFunctions(torch.nn.Module):
     cutoff: radial cutoff, nm
     params: dict as returned by :func:`default_parameters`
     cutoff_function: "cosine" or "polynomial"
+    angular_form: "product" (default) or "mean", see the module docstring
     """
 
-    def __init__(self, n_species: int, cutoff: float, params: Dict[str, object], cutoff_function: str = "cosine"):
+    def __init__(
+        self,
+        n_species: int,
+        cutoff: float,
+        params: Dict[str, object],
+        cutoff_function: str = "cosine",
+        angular_form: str = "product",
+    ):
         super().__init__()
+        if angular_form not in ANGULAR_FORMS:
+            raise ValueError(f"unknown angular_form {angular_form!r}; known: {', '.join(ANGULAR_FORMS)}")
+        self.product_form = angular_form == "product"
         self.n_species = n_species
         self.cutoff = float(cutoff)
         self.angular_cutoff = float(params["angular_cutoff"])  # type: ignore[arg-type]
@@ -129,12 +157,46 @@ class SymmetryFunctions(torch.nn.Module):
                 pair_type[b, a] = k
                 k += 1
         self.register_buffer("pair_type", pair_type)
+        # the unordered element pairs (a <= b) in pair_type order, and 1/2 where a == b (the ordered
+        # sum over j != k of like neighbours counts each pair twice)
+        first = [a for a in range(n_species) for b in range(a, n_species)]
+        second = [b for a in range(n_species) for b in range(a, n_species)]
+        self.register_buffer("pair_first", torch.tensor(first, dtype=torch.long), persistent=False)
+        self.register_buffer("pair_second", torch.tensor(second, dtype=torch.long), persistent=False)
+        weights = torch.tensor([0.5 if a == b else 1.0 for a, b in zip(first, second)], dtype=torch.float32)
+        self.register_buffer("pair_weight", weights, persistent=False)
+        self.register_buffer("pair_like", torch.tensor([float(a == b) for a, b in zip(first, second)]), persistent=False)
+        # product form with integer zetas: (1 + lam cos)^zeta = sum_l binom(zeta, l) lam^l cos^l and
+        # cos_jk^l = sum over monomials m of degree l of w_m u_j^m u_k^m (u unit vectors, w_m multinomial),
+        # so the angular sums follow from per-atom moments sum_j R_s(r_j) u_j^m: no pairs of neighbours
+        self.use_moments = self.product_form and self.integer_zetas
+        degree = int(max(zetas)) if self.use_moments else 0
+        exponents = [(x, y, n - x - y) for n in range(degree + 1) for x in range(n, -1, -1) for y in range(n - x, -1, -1)]
+        multinomial = [math.factorial(x + y + z) / (math.factorial(x) * math.factorial(y) * math.factorial(z))
+                       for x, y, z in exponents]
+        self.register_buffer("mono_weight", torch.tensor(multinomial, dtype=torch.float32), persistent=False)
+        by_degree = torch.zeros(len(exponents), degree + 1)
+        for m, e in enumerate(exponents):
+            by_degree[m, sum(e)] = 1.0
+        self.register_buffer("mono_degree", by_degree, persistent=False)
+        pick = torch.zeros(3, degree + 1, len(exponents))
+        for m, e in enumerate(exponents):
+            for axis in range(3):
+                pick[axis, e[axis], m] = 1.0
+        self.register_buffer("mono_pick", pick, persistent=False)
+        coefficients = torch.zeros(degree + 1, len(zeta_grid))
+        if self.use_moments:
+            for c, (zeta, lam) in enumerate(zip(zeta_grid, lambda_grid)):
+                for n in range(int(zeta) + 1):
+                    coefficients[n, c] = 2.0 ** (1.0 - zeta) * math.comb(int(zeta), n) * lam**n
+        self.register_buffer("degree_to_angular", coefficients, persistent=False)
+        self.max_degree = degree
 
-    def _angular_factor(self, cos_t: Tensor) -> Tensor:
-        """2^(1-zeta) (1 + lambda cos)^zeta, (T, n_zeta * n_lambda); integer zetas by repeated products."""
-        dtype = cos_t.dtype
+    def _angular_factors(self, cos_t: Tensor) -> List[Tensor]:
+        """2^(1-zeta) (1 + lambda cos)^zeta for each (zeta, lambda), each of cos's shape; integer zetas by
+        repeated products."""
+        columns: List[Tensor] = []
         if self.integer_zetas:
-            columns: List[Tensor] = []
             bases = [1.0 + lam * cos_t for lam in self.lambda_values]
             for zeta in self.zeta_values:
                 for base in bases:
@@ -142,10 +204,12 @@ class SymmetryFunctions(torch.nn.Module):
                     for _ in range(int(zeta) - 1):
                         power = power * base
                     columns.append(power * 2.0 ** (1.0 - zeta))
-            return torch.stack(columns, dim=-1)
-        zetas = self.zetas.to(dtype)
-        lambdas = self.lambdas.to(dtype)
-        return torch.pow(2.0, 1.0 - zetas) * torch.pow(1.0 + lambdas * cos_t.unsqueeze(-1), zetas)
+        else:  # rounding can put |cos| a hair above 1, and a negative base has no real power
+            cos_t = torch.clamp(cos_t, -1.0, 1.0)
+            for zeta in self.zeta_values:
+                for lam in self.lambda_values:
+                    columns.append(2.0 ** (1.0 - zeta) * torch.pow(1.0 + lam * cos_t, zeta))
+        return columns
 
     def forward(self, species: Tensor, i: Tensor, j: Tensor, vectors: Tensor, distances: Tensor) -> Tensor:
         """species: (N,); i, j: (P,) full pair list; vectors: (P, 3) nm; distances: (P,) nm."""
@@ -160,10 +224,83 @@ class SymmetryFunctions(torch.nn.Module):
         radial = radial.view(n_atoms, self.n_species * self.n_radial)
         # angular: only pairs inside the (shorter) angular cutoff
         keep = distances < self.angular_cutoff
-        ai = i[keep]
-        aj = j[keep]
-        avec = vectors[keep]
-        adist = distances[keep]
+        if self.use_moments:
+            angular = self._angular_moments(species, i[keep], j[keep], vectors[keep], distances[keep])
+        elif self.product_form:
+            angular = self._angular_product(species, i[keep], j[keep], vectors[keep], distances[keep])
+        else:
+            angular = self._angular_mean(species, i[keep], j[keep], vectors[keep], distances[keep])
+        return torch.cat([radial, angular], dim=1)
+
+    def _angular_moments(self, species: Tensor, ai: Tensor, aj: Tensor, avec: Tensor, adist: Tensor) -> Tensor:
+        """Product form with integer zetas from per-atom moments of the neighbours' unit vectors."""
+        n_atoms = species.shape[0]
+        dtype = avec.dtype
+        n_shells = self.angular_shifts.shape[0]
+        n_mono = self.mono_weight.shape[0]
+        unit = avec / adist.unsqueeze(-1)
+        fc_a = cutoff_function(adist, self.angular_cutoff, self.cutoff_kind)
+        shell = torch.exp(-self.angular_eta * (adist.unsqueeze(-1) - self.angular_shifts.to(dtype)) ** 2)
+        shell = shell * fc_a.unsqueeze(-1)  # (P, S)
+        powers: List[Tensor] = [torch.ones_like(unit)]
+        for _ in range(self.max_degree):
+            powers.append(powers[-1] * unit)
+        power = torch.stack(powers, dim=-1)  # (P, 3, degree + 1)
+        # x^a y^b z^c of every monomial; one-hot matrix products gather faster (and backward) than indexing
+        pick = self.mono_pick.to(dtype)  # (3, degree + 1, M)
+        mono = torch.matmul(power[:, 0], pick[0]) * torch.matmul(power[:, 1], pick[1]) * torch.matmul(power[:, 2], pick[2])
+        values = (shell.unsqueeze(-1) * mono.unsqueeze(1)).reshape(shell.shape[0], n_shells * n_mono)
+        target = ai * self.n_species + species[aj]
+        moments = torch.zeros(n_atoms * self.n_species, n_shells * n_mono, dtype=dtype, device=avec.device)
+        moments = moments.index_add(0, target, values).view(n_atoms, self.n_species, n_shells, n_mono)
+        self_terms = torch.zeros(n_atoms * self.n_species, n_shells, dtype=dtype, device=avec.device)
+        self_terms = self_terms.index_add(0, target, shell * shell).view(n_atoms, self.n_species, n_shells)
+        # sum_{j in a, k in b} R_s(r_j) R_s(r_k) cos_jk^l, then without j == k (cos = 1) for like pairs
+        products = moments[:, self.pair_first] * moments[:, self.pair_second] * self.mono_weight.to(dtype)
+        by_degree = torch.matmul(products, self.mono_degree.to(dtype))  # (N, pairs, S, degree + 1)
+        like = self.pair_like.to(dtype).unsqueeze(-1).unsqueeze(-1)
+        by_degree = by_degree - like * self_terms[:, self.pair_first].unsqueeze(-1)
+        by_degree = by_degree * self.pair_weight.to(dtype).unsqueeze(-1).unsqueeze(-1)
+        angular = torch.matmul(by_degree, self.degree_to_angular.to(dtype))  # (N, pairs, S, zeta x lambda)
+        return angular.reshape(n_atoms, self.n_pairs * self.n_angular)
+
+    def _angular_product(self, species: Tensor, ai: Tensor, aj: Tensor, avec: Tensor, adist: Tensor) -> Tensor:
+        """Product form from per-atom neighbour tables: sum_{j != k} A(cos_jk) R(r_j) R(r_k) by bmm (any zeta)."""
+        n_atoms = species.shape[0]
+        dtype = avec.dtype
+        n_shells = self.angular_shifts.shape[0]
+        slots, k = neighbour_slots(ai, n_atoms)
+        if k < 2:
+            return torch.zeros(n_atoms, self.n_pairs * self.n_angular, dtype=dtype, device=avec.device)
+        unit = avec / adist.unsqueeze(-1)
+        fc_a = cutoff_function(adist, self.angular_cutoff, self.cutoff_kind)
+        shell = torch.exp(-self.angular_eta * (adist.unsqueeze(-1) - self.angular_shifts.to(dtype)) ** 2)
+        shell = shell * fc_a.unsqueeze(-1)  # (P, S)
+        # radial table (N, K, species * S): each neighbour's shells in its element's block, zeros elsewhere
+        table = torch.zeros(n_atoms * k * self.n_species, n_shells, dtype=dtype, device=avec.device)
+        table = table.index_put((slots * self.n_species + species[aj],), shell)
+        table = table.view(n_atoms, k, self.n_species * n_shells)
+        units = torch.zeros(n_atoms * k, 3, dtype=dtype, device=avec.device).index_put((slots,), unit)
+        units = units.view(n_atoms, k, 3)
+        cos_t = torch.bmm(units, units.transpose(1, 2))  # (N, K, K); padded rows and columns are 0
+        off_diagonal = 1.0 - torch.eye(k, dtype=dtype, device=avec.device)
+        blocks: List[Tensor] = []
+        for factor in self._angular_factors(cos_t):  # each (N, K, K)
+            weighted = torch.bmm(factor * off_diagonal, table)  # (N, K, species * S)
+            # full[n, a, b, s] = sum_{j in a, k in b, j != k} R_s(r_j) A(cos_jk) R_s(r_k)
+            full = torch.einsum(
+                "nkas,nkbs->nabs",
+                table.view(n_atoms, k, self.n_species, n_shells),
+                weighted.view(n_atoms, k, self.n_species, n_shells),
+            )
+            blocks.append(full[:, self.pair_first, self.pair_second] * self.pair_weight.to(dtype).unsqueeze(-1))
+        angular = torch.stack(blocks, dim=-1)  # (N, pairs, S, zeta x lambda)
+        return angular.reshape(n_atoms, self.n_pairs * self.n_angular)
+
+    def _angular_mean(self, species: Tensor, ai: Tensor, aj: Tensor, avec: Tensor, adist: Tensor) -> Tensor:
+        """Mean-distance (ANI) form, summed over an explicit list of triplets."""
+        n_atoms = species.shape[0]
+        dtype = avec.dtype
         pa, pb = triplets(ai, n_atoms)
         center = ai[pa]
         # per-pair quantities first, then one gather per triplet (cheaper than per-triplet divisions)
@@ -173,9 +310,9 @@ class SymmetryFunctions(torch.nn.Module):
         ashifts = self.angular_shifts.to(dtype)
         rad = torch.exp(-self.angular_eta * ((0.5 * (adist[pa] + adist[pb])).unsqueeze(-1) - ashifts) ** 2)
         rad = rad * (fc_a[pa] * fc_a[pb]).unsqueeze(-1)
-        terms = (rad.unsqueeze(-1) * self._angular_factor(cos_t).unsqueeze(-2)).reshape(rad.shape[0], self.n_angular)
+        factors = torch.stack(self._angular_factors(cos_t), dim=-1)
+        terms = (rad.unsqueeze(-1) * factors.unsqueeze(-2)).reshape(rad.shape[0], self.n_angular)
         ptype = self.pair_type[species[aj[pa]], species[aj[pb]]]
-        angular = torch.zeros(n_atoms * self.n_pairs, self.n_angular, dtype=dtype, device=vectors.device)
+        angular = torch.zeros(n_atoms * self.n_pairs, self.n_angular, dtype=dtype, device=avec.device)
         angular = angular.index_add(0, center * self.n_pairs + ptype, terms)
-        angular = angular.view(n_atoms, self.n_pairs * self.n_angular)
-        return torch.cat([radial, angular], dim=1)
+        return angular.view(n_atoms, self.n_pairs * self.n_angular)

@@ -121,3 +121,29 @@ def within_cutoff(i: Tensor, j: Tensor, shifts: Tensor, distances: Tensor, cutof
     """Keep only pairs with distance < ``cutoff`` (to take a shorter-range subset of a pair list)."""
     keep = distances < cutoff
     return i[keep], j[keep], shifts[keep], distances[keep]
+
+
+def neighbour_slots(i: Tensor, n_atoms: int) -> Tuple[Tensor, int]:
+    """Place each pair in a per-atom table of neighbours, padded to the longest row.
+
+    Parameters
+    ----------
+    i: (P,) int64 receiving atom of each pair, in [0, n_atoms)
+    n_atoms: N
+
+    Returns
+    -------
+    slots: (P,) int64, i * K + (rank of the pair among the pairs of its atom i, in input order)
+    K: the most pairs of any atom (0 without pairs); slots are distinct and < N * K
+    """
+    n_pairs = i.shape[0]
+    if n_pairs == 0:
+        return torch.zeros_like(i), 0
+    counts = torch.bincount(i, minlength=n_atoms)
+    k = int(counts.max())
+    order = torch.argsort(i, stable=True)
+    first = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(i).index_copy_(
+        0, order, torch.arange(n_pairs, dtype=i.dtype, device=i.device) - first[i[order]]
+    )
+    return i * k + rank, k
