@@ -108,13 +108,14 @@ class EnsembleModel(torch.nn.Module):
         total_charge: Tensor,
         fragments: Optional[Tensor] = None,
         fragment_charges: Optional[Tensor] = None,
+        pairs: Optional[List[Tensor]] = None,
     ) -> Dict[str, Tensor]:
         energies: List[Tensor] = []
         energy_vars: List[Tensor] = []
         forces_vars: List[Tensor] = []
         k = 0
         for member in self.members:
-            out = member(positions, atomic_numbers, box, ptr, total_charge, fragments, fragment_charges)
+            out = member(positions, atomic_numbers, box, ptr, total_charge, fragments, fragment_charges, pairs)
             energies.append(out["energy"] - self.energy_shifts[k])
             if "energy_var" in out:
                 energy_vars.append(out["energy_var"])
@@ -135,6 +136,14 @@ class EnsembleModel(torch.nn.Module):
         if len(forces_vars) == self.n_members:
             result["forces_var"] = torch.stack(forces_vars).mean(0)
         return result
+
+    def max_pair_cutoff(self, box: Optional[Tensor]) -> float:
+        """The longest pair cutoff of any member (see :meth:`HybridModel.max_pair_cutoff`): one shared
+        pair list (``pairs`` of :meth:`forward`) serves all members."""
+        cutoff = 0.0
+        for member in self.members:
+            cutoff = max(cutoff, member.max_pair_cutoff(box))
+        return cutoff
 
     # ------------------------------------------------------------------ Python conveniences
     @property

@@ -17,7 +17,7 @@ from torch import Tensor
 from hybridpot.io import atomic_torch_save
 from hybridpot.config import element_numbers, element_symbol, resolve_model_config
 from hybridpot.nn.charge_head import dipole_moment
-from hybridpot.physics.neighbors import batch_neighbors, frame_neighbors, pair_vectors
+from hybridpot.physics.neighbors import batch_neighbors, frame_neighbors, pair_vectors, select_pairs
 
 if TYPE_CHECKING:
     from hybridpot.ensemble import EnsembleModel
@@ -103,12 +103,17 @@ class HybridModel(torch.nn.Module):
     """Hybrid ML potential. Build with :func:`build_model`; units nm, kJ/mol, e.
 
     forward(positions (N, 3), atomic_numbers (N,), box (B, 3, 3) or None, ptr (B+1,),
-    total_charge (B,), fragments (N,) or None, fragment_charges (G,) or None) -> dict with
+    total_charge (B,), fragments (N,) or None, fragment_charges (G,) or None, pairs or None) -> dict with
     "energy" (B,), "atomic_energies" (N,), "e_mlp" (B,), "features" (N, F), and when enabled
     "charges" (N,), "dipole" (B, 3), "e_elec" (B,), "e_disp" (B,), and with a variance head
     (config ``variance``) the predicted label noise "energy_var" (B,) (kJ/mol)^2 and optionally
     "forces_var" (N,) (kJ/mol/nm)^2 per component (float64). Energies are float64 whatever the
     model's dtype (see below); everything else is in the model's dtype.
+
+    ``pairs`` (single frame only): (i, j, shifts), each unordered pair at most once, containing at least
+    every pair within :meth:`max_pair_cutoff` (it may hold more, as a Verlet list with a skin does).
+    The MLP, Ewald/PME and D3 then select their pairs from it by distance instead of running three
+    neighbour searches: the MD bindings pass a :class:`hybridpot.physics.neighbors.VerletList`'s.
     """
 
     def __init__(self, config: Dict[str, Any]):
@@ -145,12 +150,38 @@ class HybridModel(torch.nn.Module):
         total_charge: Tensor,
         fragments: Optional[Tensor] = None,
         fragment_charges: Optional[Tensor] = None,
+        pairs: Optional[List[Tensor]] = None,
     ) -> Dict[str, Tensor]:
         species = self.z_to_species[atomic_numbers]
         n_frames = ptr.shape[0] - 1
         counts = ptr[1:] - ptr[:-1]
         batch = torch.repeat_interleave(torch.arange(n_frames, device=positions.device), counts)
-        i, j, shifts = batch_neighbors(positions, self.cutoff, ptr, box, True)
+        elec_pairs: Optional[List[Tensor]] = None
+        disp_pairs: Optional[List[Tensor]] = None
+        if pairs is None:
+            i, j, shifts = batch_neighbors(positions, self.cutoff, ptr, box, True)
+        else:
+            # one shared half list (a superset, e.g. a VerletList's): each term takes its own pairs
+            if n_frames != 1:
+                raise ValueError("pairs can only be given for a single frame")
+            frame_box: Optional[Tensor] = None
+            if box is not None:
+                frame_box = box[0]
+            pi, pj, ps = pairs[0], pairs[1], pairs[2]
+            d2 = pair_vectors(positions.detach(), pi, pj, ps, frame_box).square().sum(dim=1)
+            hi, hj, hs = select_pairs(pi, pj, ps, d2, self.cutoff)
+            i = torch.cat([hi, hj])
+            j = torch.cat([hj, hi])
+            shifts = torch.cat([hs, -hs])
+            electrostatics = self.electrostatics
+            if electrostatics is not None:
+                if frame_box is not None and electrostatics.periodic:
+                    ei, ej, es = select_pairs(pi, pj, ps, d2, electrostatics.pair_cutoff(frame_box))
+                    elec_pairs = [ei, ej, es]
+            dispersion = self.dispersion
+            if dispersion is not None:
+                di, dj, ds = select_pairs(pi, pj, ps, d2, dispersion.neighbor_cutoff)
+                disp_pairs = [di, dj, ds]
         vectors = pair_vectors(positions, i, j, shifts, box, batch[i])
         distances = torch.linalg.norm(vectors, dim=1)
         raw, features = self.short_range(species, i, j, vectors, distances)
@@ -170,12 +201,12 @@ class HybridModel(torch.nn.Module):
             out["dipole"] = dipole_moment(positions, charges, batch, n_frames)
             electrostatics = self.electrostatics
             if electrostatics is not None:
-                e_elec = electrostatics(positions, charges, box, ptr)
+                e_elec = electrostatics(positions, charges, box, ptr, elec_pairs)
                 out["e_elec"] = e_elec
                 energy = energy + e_elec.to(torch.float64)
         dispersion = self.dispersion
         if dispersion is not None:
-            e_disp = dispersion(positions, atomic_numbers, box, ptr).to(torch.float64)
+            e_disp = dispersion(positions, atomic_numbers, box, ptr, disp_pairs).to(torch.float64)
             out["e_disp"] = e_disp
             energy = energy + e_disp
         out["energy"] = energy
@@ -184,6 +215,19 @@ class HybridModel(torch.nn.Module):
             for key, value in variance_head(features, species, batch, n_frames).items():
                 out[key] = value
         return out
+
+    def max_pair_cutoff(self, box: Optional[Tensor]) -> float:
+        """The longest distance (nm) at which any term needs pairs, for a frame with this box: the
+        cutoff of a shared pair list passed to :meth:`forward` as ``pairs``."""
+        cutoff = self.cutoff
+        electrostatics = self.electrostatics
+        if electrostatics is not None:
+            if box is not None and electrostatics.periodic:
+                cutoff = max(cutoff, electrostatics.pair_cutoff(box))
+        dispersion = self.dispersion
+        if dispersion is not None:
+            cutoff = max(cutoff, dispersion.neighbor_cutoff)
+        return cutoff
 
     # ------------------------------------------------------------------ Python conveniences
     @property

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hybridpot.physics.cutoffs import cosine_cutoff, polynomial_cutoff
-from hybridpot.physics.neighbors import batch_neighbors, frame_neighbors, pair_vectors
+from hybridpot.physics.neighbors import VerletList, batch_neighbors, frame_neighbors, pair_vectors, select_pairs
 
 
 def brute_force_pairs(pos, box, cutoff):
@@ -85,3 +85,47 @@ def test_cutoff_functions_value_and_slope_vanish():
     x = torch.tensor(0.3, dtype=torch.float64)
     assert float(cosine_cutoff(x, rc)) == pytest.approx(0.5 * (np.cos(np.pi * 0.6) + 1))
     assert float(polynomial_cutoff(x, rc)) == pytest.approx(1 - 10 * 0.6**3 + 15 * 0.6**4 - 6 * 0.6**5)
+
+
+def _unordered(i, j, s):
+    """Pairs as a set of unordered keys (a, b, shift) with a <= b (shift negated when swapped)."""
+    keys = set()
+    for a, b, sh in zip(i.tolist(), j.tolist(), s.round().long().tolist()):
+        if (a, b) > (b, a) or (a == b and tuple(sh) < (0, 0, 0)):
+            a, b, sh = b, a, [-v for v in sh]
+        keys.add((a, b) + tuple(sh))
+    return keys
+
+
+@pytest.mark.parametrize("mode", ["eager", "scripted"])
+def test_verlet_list_keeps_every_pair_and_rebuilds_only_when_needed(mode):
+    rng = np.random.default_rng(1)
+    box = torch.tensor(TRICLINIC)
+    pos0 = torch.tensor(rng.uniform(0, 1, (40, 3)) @ TRICLINIC)
+    cutoff, skin = 0.4, 0.1
+    verlet = VerletList(skin)
+    if mode == "scripted":
+        verlet = torch.jit.script(verlet)
+    pos = pos0.clone()
+    builds = []
+    for step in range(30):
+        pos = pos + torch.tensor(rng.normal(0.0, 0.004, pos.shape))  # ~0.007 nm per atom per step
+        i, j, s = verlet(pos, box, cutoff)
+        d2 = pair_vectors(pos, i, j, s, box).square().sum(dim=1)
+        got = _unordered(*select_pairs(i, j, s, d2, cutoff))
+        assert got == _unordered(*frame_neighbors(pos, cutoff, box, False)), f"step {step}"
+        builds.append(verlet.builds)
+        moved = float(torch.linalg.norm(pos - verlet.ref_positions, dim=1).max())
+        assert moved <= skin / 2
+    assert builds[0] == 1 and 2 <= builds[-1] < 30  # reused between rebuilds, rebuilt as atoms drift
+    n = verlet.builds
+    verlet(pos, box, cutoff)
+    assert verlet.builds == n  # nothing moved
+    verlet(pos, box * 1.001, cutoff)
+    assert verlet.builds == n + 1  # a barostat move
+    verlet(pos, box * 1.001, cutoff + 0.05)
+    assert verlet.builds == n + 2  # a longer cutoff
+    verlet(pos[:-1], box * 1.001, cutoff + 0.05)
+    assert verlet.builds == n + 3  # other atoms
+    with pytest.raises(ValueError, match="skin must be a positive distance"):
+        VerletList(0.0)

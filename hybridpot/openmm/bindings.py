@@ -5,13 +5,14 @@ Both backends evaluate the same model, E = E_MLP + E_elec + E_disp, for a fixed 
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from hybridpot.model import HybridModel
+from hybridpot.physics.neighbors import VerletList
 from hybridpot.openmm.torchforce_loader import load_openmm_torch, require_torchforce
 
 BACKENDS = ("auto", "torchforce", "pythonforce")
@@ -24,6 +25,12 @@ class OpenMMModule(torch.nn.Module):
     model's dtype inside, and return a float64 energy. ``atoms`` selects the model's atoms among the
     System's particles (ML/MM); ``fragments``/``fragment_charges`` optionally fix the charge of each
     molecule (see :meth:`HybridModel.compute`).
+
+    For a periodic model the pairs come from a :class:`hybridpot.physics.neighbors.VerletList` with a
+    ``neighbor_skin`` (nm, default 0.1) kept between steps: one search at the longest cutoff of all
+    terms plus the skin, redone only when an atom has moved more than half the skin or the box changed,
+    instead of three searches per step (MLP, PME, D3). Energies are the same (every pair within each
+    cutoff is in the list); ``neighbor_skin=0`` searches every step.
     """
 
     def __init__(
@@ -34,9 +41,12 @@ class OpenMMModule(torch.nn.Module):
         fragments: Optional[Sequence[int]] = None,
         fragment_charges: Optional[Sequence[float]] = None,
         atoms: Optional[Sequence[int]] = None,
+        neighbor_skin: float = 0.1,
     ):
         super().__init__()
         self.model = model
+        self.use_pair_list = bool(model.periodic) and neighbor_skin > 0.0
+        self.pair_list = VerletList(neighbor_skin if neighbor_skin > 0.0 else 0.1)
         z = torch.as_tensor(np.asarray(atomic_numbers), dtype=torch.long)
         self.register_buffer("atomic_numbers", z)
         self.register_buffer("ptr", torch.tensor([0, z.shape[0]], dtype=torch.long))
@@ -64,7 +74,11 @@ class OpenMMModule(torch.nn.Module):
             frag = self.fragments
             frag_q = self.fragment_charges
         pos = positions[self.atoms] if self.subset else positions
-        return self.model(pos, self.atomic_numbers, cell, self.ptr, self.total_charge, frag, frag_q)
+        pairs: Optional[List[Tensor]] = None
+        if self.use_pair_list and cell is not None:
+            i, j, shifts = self.pair_list(pos, cell[0], self.model.max_pair_cutoff(cell[0]))
+            pairs = [i, j, shifts]
+        return self.model(pos, self.atomic_numbers, cell, self.ptr, self.total_charge, frag, frag_q, pairs)
 
     def forward(self, positions: Tensor, box: Optional[Tensor] = None) -> Tensor:
         out = self.model_outputs(positions.to(self.total_charge.dtype), box)

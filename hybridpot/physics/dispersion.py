@@ -393,6 +393,7 @@ class D3Dispersion(torch.nn.Module):
         atomic_numbers: Tensor,
         box: Optional[Tensor] = None,
         ptr: Optional[Tensor] = None,
+        pairs: Optional[List[Tensor]] = None,
     ) -> Tensor:
         """Dispersion energy of each frame.
 
@@ -403,6 +404,9 @@ class D3Dispersion(torch.nn.Module):
         box: (B, 3, 3) nm with lattice vectors as rows (a (3, 3) box is taken as B = 1), or None for
             open boundaries; with a box every frame is periodic in all three directions
         ptr: (B + 1,) int64 offsets, frame b is atoms ptr[b]:ptr[b+1]; None means a single frame
+        pairs: optionally (i, j, shifts) of a single frame, each unordered pair within
+            ``neighbor_cutoff`` once (e.g. from a :class:`hybridpot.physics.neighbors.VerletList`);
+            without it the pairs are searched here
 
         Returns
         -------
@@ -419,7 +423,12 @@ class D3Dispersion(torch.nn.Module):
         dtype = positions.dtype
         n_ref = self.n_ref
 
-        i, j, shifts = batch_neighbors(positions, self.neighbor_cutoff, ptr, box, False)
+        if pairs is None:
+            i, j, shifts = batch_neighbors(positions, self.neighbor_cutoff, ptr, box, False)
+        elif n_frames == 1:
+            i, j, shifts = pairs[0], pairs[1], pairs[2]
+        else:
+            raise ValueError("pairs can only be given for a single frame")
         n_pairs = i.shape[0]
         # Pair vectors as (3, P) columns: gathering rows of (3, N) is cheaper than (N, 3) rows, and
         # so is the backward (scatter_add).

@@ -278,8 +278,23 @@ class Electrostatics(torch.nn.Module):
             self.max_default_cutoff = PME_DEFAULT_CUTOFF if accuracy >= 1e-4 else PME_DEFAULT_CUTOFF_ACCURATE
         self.pme = PMEReciprocal(PME_ORDER)
 
-    def forward(self, positions: Tensor, charges: Tensor, box: Optional[Tensor], ptr: Tensor) -> Tensor:
+    def pair_cutoff(self, box: Tensor) -> float:
+        """Distance (nm) within which the periodic methods need the pairs of a frame with this box."""
+        cutoff = real_space_cutoff(box, self.cutoff, self.max_default_cutoff)
+        width = self.charge_width
+        if width is not None:
+            return max(cutoff, gaussian_pair_cutoff(width, self.accuracy))
+        return cutoff
+
+    def forward(
+        self, positions: Tensor, charges: Tensor, box: Optional[Tensor], ptr: Tensor, pairs: Optional[List[Tensor]] = None
+    ) -> Tensor:
+        """Coulomb energy (B,) kJ/mol. ``pairs``: optionally (i, j, shifts), each unordered pair within
+        :meth:`pair_cutoff` once (e.g. from a :class:`hybridpot.physics.neighbors.VerletList`); single
+        periodic frame only; without it the pairs are searched here."""
         _check_inputs(positions, charges, box, ptr, self.method, self.periodic)
+        if pairs is not None and ptr.shape[0] != 2:
+            raise ValueError("pairs can only be given for a single frame")
         energies: List[Tensor] = []
         for b in range(ptr.shape[0] - 1):
             start = int(ptr[b])
@@ -289,7 +304,7 @@ class Electrostatics(torch.nn.Module):
             if box is None:
                 energies.append(self._direct(pos, q))
             else:
-                energies.append(self._periodic(pos, q, box[b]))
+                energies.append(self._periodic(pos, q, box[b], pairs))
         if len(energies) == 0:
             return positions.new_zeros(0)
         return torch.stack(energies)
@@ -304,16 +319,16 @@ class Electrostatics(torch.nn.Module):
         d2 = ((positions[j] - positions[i]) ** 2).sum(dim=1)
         return self.coulomb * (charges[i] * charges[j] * direct_kernel(d2, self.charge_width)).sum()
 
-    def _periodic(self, positions: Tensor, charges: Tensor, box: Tensor) -> Tensor:
+    def _periodic(self, positions: Tensor, charges: Tensor, box: Tensor, pairs: Optional[List[Tensor]]) -> Tensor:
         if positions.shape[0] == 0:
             return (positions.sum() + charges.sum() + box.sum()) * 0.0
         cutoff = real_space_cutoff(box, self.cutoff, self.max_default_cutoff)
         alpha = ewald_alpha(self.accuracy, cutoff)
         width = self.charge_width
-        pair_cutoff = cutoff
-        if width is not None:
-            pair_cutoff = max(cutoff, gaussian_pair_cutoff(width, self.accuracy))
-        i, j, shifts = frame_neighbors(positions, pair_cutoff, box, False)
+        if pairs is None:
+            i, j, shifts = frame_neighbors(positions, self.pair_cutoff(box), box, False)
+        else:
+            i, j, shifts = pairs[0], pairs[1], pairs[2]
         vectors = pair_vectors(positions, i, j, shifts, box)
         d2 = (vectors**2).sum(dim=1)
         energy = self.coulomb * (charges[i] * charges[j] * real_space_kernel(d2, alpha, width)).sum()

@@ -147,3 +147,69 @@ def neighbour_slots(i: Tensor, n_atoms: int) -> Tuple[Tensor, int]:
         0, order, torch.arange(n_pairs, dtype=i.dtype, device=i.device) - first[i[order]]
     )
     return i * k + rank, k
+
+
+def select_pairs(i: Tensor, j: Tensor, shifts: Tensor, d2: Tensor, cutoff: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """The pairs of a list whose squared distance ``d2`` is below ``cutoff``^2."""
+    keep = d2 < cutoff * cutoff
+    return i[keep], j[keep], shifts[keep]
+
+
+class VerletList(torch.nn.Module):
+    """A half pair list with a skin, kept between calls: rebuilt only when needed.
+
+    ``forward(positions (N, 3), box (3, 3) or None, cutoff)`` returns (i, j, shifts) as
+    :func:`frame_neighbors` with ``full_list=False`` and cutoff ``cutoff + skin``. The list is reused
+    while no atom has moved more than skin / 2 since it was built and the box, the number of atoms and
+    ``cutoff`` are unchanged, so it contains every pair within ``cutoff`` (plus some beyond it: select
+    with the current distances, e.g. :func:`select_pairs`). An MD step moves atoms ~1e-3 nm, so with the
+    default 0.1 nm skin the list is rebuilt every few tens of steps; a barostat move rebuilds it.
+    ``builds`` counts the rebuilds. Detached: only decides which pairs exist; TorchScript-compatible.
+    """
+
+    def __init__(self, skin: float = 0.1):
+        super().__init__()
+        if not skin > 0.0:
+            raise ValueError(f"skin must be a positive distance in nm, got {skin}")
+        self.skin = float(skin)
+        self.builds = 0
+        self.built_cutoff = -1.0
+        self.built_with_box = False
+        self.ref_positions = torch.zeros(0, 3, dtype=torch.float64)
+        self.ref_box = torch.zeros(3, 3, dtype=torch.float64)
+        self.pair_i = torch.zeros(0, dtype=torch.long)
+        self.pair_j = torch.zeros(0, dtype=torch.long)
+        self.pair_shifts = torch.zeros(0, 3, dtype=torch.float64)
+
+    def needs_rebuild(self, points: Tensor, box: Optional[Tensor], cutoff: float) -> bool:
+        if cutoff != self.built_cutoff or points.shape[0] != self.ref_positions.shape[0]:
+            return True
+        if points.device != self.ref_positions.device:
+            return True
+        if box is None:
+            if self.built_with_box:
+                return True
+        elif not self.built_with_box or not torch.equal(box, self.ref_box):
+            return True
+        if points.shape[0] == 0:
+            return False
+        moved = (points - self.ref_positions).square().sum(dim=1).max()
+        return not bool(moved <= 0.25 * self.skin * self.skin)  # NaN positions rebuild (and fail there)
+
+    def forward(self, positions: Tensor, box: Optional[Tensor], cutoff: float) -> Tuple[Tensor, Tensor, Tensor]:
+        points = positions.detach().to(torch.float64)
+        cell: Optional[Tensor] = None
+        if box is not None:
+            cell = box.detach().to(torch.float64)
+        if self.needs_rebuild(points, cell, cutoff):
+            i, j, shifts = frame_neighbors(points, cutoff + self.skin, cell, False)
+            self.pair_i = i
+            self.pair_j = j
+            self.pair_shifts = shifts
+            self.ref_positions = points.clone()
+            if cell is not None:
+                self.ref_box = cell.clone()
+            self.built_with_box = cell is not None
+            self.built_cutoff = cutoff
+            self.builds += 1
+        return self.pair_i, self.pair_j, self.pair_shifts.to(positions.dtype)
