@@ -26,6 +26,7 @@ MODEL_FORMAT = "hybridpot-model"
 MODEL_FORMAT_VERSION = 1
 #: Distance below which two atoms count as "on top of each other" in input validation, nm.
 MIN_DISTANCE = 0.01
+OVERLAP_SEARCH = 0.2  # nm, neighbour-search cutoff of that check
 ArrayLike = Union[np.ndarray, Tensor, List]
 
 
@@ -159,7 +160,7 @@ class HybridModel(torch.nn.Module):
         elec_pairs: Optional[List[Tensor]] = None
         disp_pairs: Optional[List[Tensor]] = None
         if pairs is None:
-            i, j, shifts = batch_neighbors(positions, self.cutoff, ptr, box, True)
+            hi, hj, hs = batch_neighbors(positions, self.cutoff, ptr, box, False)
         else:
             # one shared half list (a superset, e.g. a VerletList's): each term takes its own pairs
             if n_frames != 1:
@@ -170,9 +171,6 @@ class HybridModel(torch.nn.Module):
             pi, pj, ps = pairs[0], pairs[1], pairs[2]
             d2 = pair_vectors(positions.detach(), pi, pj, ps, frame_box).square().sum(dim=1)
             hi, hj, hs = select_pairs(pi, pj, ps, d2, self.cutoff)
-            i = torch.cat([hi, hj])
-            j = torch.cat([hj, hi])
-            shifts = torch.cat([hs, -hs])
             electrostatics = self.electrostatics
             if electrostatics is not None:
                 if frame_box is not None and electrostatics.periodic:
@@ -182,6 +180,10 @@ class HybridModel(torch.nn.Module):
             if dispersion is not None:
                 di, dj, ds = select_pairs(pi, pj, ps, d2, dispersion.neighbor_cutoff)
                 disp_pairs = [di, dj, ds]
+        # the full list as [each pair once; the same pairs reversed]: the descriptors use the mirror
+        i = torch.cat([hi, hj])
+        j = torch.cat([hj, hi])
+        shifts = torch.cat([hs, -hs])
         vectors = pair_vectors(positions, i, j, shifts, box, batch[i])
         distances = torch.linalg.norm(vectors, dim=1)
         raw, features = self.short_range(species, i, j, vectors, distances)
@@ -272,7 +274,10 @@ class HybridModel(torch.nn.Module):
                 raise ValueError(f"box must have shape (3, 3) in nm, got {tuple(box.shape)}")
             if not torch.isfinite(box).all() or abs(float(torch.det(box.double()))) < 1e-9:
                 raise ValueError(f"box must be finite with non-zero volume, got {box.tolist()}")
-        i, j, _ = frame_neighbors(positions, MIN_DISTANCE, box, False)
+        # vesin's cells are one cutoff wide: searching at 0.2 nm and filtering is ~8x faster than at 0.01 nm
+        i, j, s = frame_neighbors(positions, OVERLAP_SEARCH, box, False)
+        d2 = pair_vectors(positions, i, j, s, box).square().sum(dim=1)
+        i, j, _ = select_pairs(i, j, s, d2, MIN_DISTANCE)
         if i.numel() > 0:
             pairs = list(zip(i.tolist(), j.tolist()))[:10]
             raise ValueError(f"atoms on top of each other (closer than {MIN_DISTANCE} nm): index pairs {pairs}")

@@ -53,9 +53,12 @@ def naive(pos, species, n_species, rc, p, form="product"):
     return out
 
 
+@pytest.mark.parametrize("pair_order", ["vesin", "mirrored"])
 @pytest.mark.parametrize("form", ["product", "mean"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_descriptors_equal_naive_formula(seed, form):
+def test_descriptors_equal_naive_formula(seed, form, pair_order):
+    """``mirrored``: the full list as HybridModel builds it (each pair once, then reversed), for which
+    the radial part evaluates half the pairs; ``vesin``: vesin's own full list."""
     rng = np.random.default_rng(seed)
     pos = rng.uniform(0, 0.45, (7, 3))
     species = rng.integers(0, 3, 7)
@@ -63,7 +66,11 @@ def test_descriptors_equal_naive_formula(seed, form):
     p = default_parameters(rc, 8, n_angular=3)
     sf = SymmetryFunctions(3, rc, p, angular_form=form).double()
     x = torch.tensor(pos)
-    i, j, s = frame_neighbors(x, rc, None)
+    if pair_order == "vesin":
+        i, j, s = frame_neighbors(x, rc, None)
+    else:
+        hi, hj, hs = frame_neighbors(x, rc, None, False)
+        i, j, s = torch.cat([hi, hj]), torch.cat([hj, hi]), torch.cat([hs, -hs])
     v = pair_vectors(x, i, j, s, None)
     got = sf(torch.tensor(species), i, j, v, torch.linalg.norm(v, dim=1)).numpy()
     np.testing.assert_allclose(got, naive(pos, species, 3, rc, p, form), rtol=1e-10, atol=1e-12)

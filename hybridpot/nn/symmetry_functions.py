@@ -215,21 +215,40 @@ class SymmetryFunctions(torch.nn.Module):
         """species: (N,); i, j: (P,) full pair list; vectors: (P, 3) nm; distances: (P,) nm."""
         n_atoms = species.shape[0]
         dtype = vectors.dtype
-        # radial
-        fc = cutoff_function(distances, self.cutoff, self.cutoff_kind)
-        shifts = self.radial_shifts.to(dtype)
-        g2 = torch.exp(-self.radial_eta * (distances.unsqueeze(-1) - shifts) ** 2) * fc.unsqueeze(-1)
+        # radial; a list whose second half reverses its first (as HybridModel builds it) needs the
+        # Gaussians of the first half only, added to both atoms of each pair
+        n_pairs = i.shape[0]
+        half = n_pairs // 2
+        mirrored = n_pairs % 2 == 0 and half > 0
+        if mirrored:
+            mirrored = bool(torch.equal(i[:half], j[half:])) and bool(torch.equal(j[:half], i[half:]))
         radial = torch.zeros(n_atoms * self.n_species, self.n_radial, dtype=dtype, device=vectors.device)
-        radial = radial.index_add(0, i * self.n_species + species[j], g2)
+        shifts = self.radial_shifts.to(dtype)
+        if mirrored:
+            r = distances[:half]
+            fc = cutoff_function(r, self.cutoff, self.cutoff_kind)
+            g2 = torch.exp(-self.radial_eta * (r.unsqueeze(-1) - shifts) ** 2) * fc.unsqueeze(-1)
+            ih = i[:half]
+            jh = j[:half]
+            radial = radial.index_add(0, ih * self.n_species + species[jh], g2)
+            radial = radial.index_add(0, jh * self.n_species + species[ih], g2)
+        else:
+            fc = cutoff_function(distances, self.cutoff, self.cutoff_kind)
+            g2 = torch.exp(-self.radial_eta * (distances.unsqueeze(-1) - shifts) ** 2) * fc.unsqueeze(-1)
+            radial = radial.index_add(0, i * self.n_species + species[j], g2)
         radial = radial.view(n_atoms, self.n_species * self.n_radial)
         # angular: only pairs inside the (shorter) angular cutoff
-        keep = distances < self.angular_cutoff
+        keep = torch.nonzero(distances < self.angular_cutoff).squeeze(1)
+        ai = i.index_select(0, keep)
+        aj = j.index_select(0, keep)
+        avec = vectors.index_select(0, keep)
+        adist = distances.index_select(0, keep)
         if self.use_moments:
-            angular = self._angular_moments(species, i[keep], j[keep], vectors[keep], distances[keep])
+            angular = self._angular_moments(species, ai, aj, avec, adist)
         elif self.product_form:
-            angular = self._angular_product(species, i[keep], j[keep], vectors[keep], distances[keep])
+            angular = self._angular_product(species, ai, aj, avec, adist)
         else:
-            angular = self._angular_mean(species, i[keep], j[keep], vectors[keep], distances[keep])
+            angular = self._angular_mean(species, ai, aj, avec, adist)
         return torch.cat([radial, angular], dim=1)
 
     def _angular_moments(self, species: Tensor, ai: Tensor, aj: Tensor, avec: Tensor, adist: Tensor) -> Tensor:

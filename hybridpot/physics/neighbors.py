@@ -107,7 +107,9 @@ def pair_vectors(
     ``box`` is (3, 3) for a single frame or (B, 3, 3) with ``pair_frame`` (P,) giving each pair's
     frame for a batch.
     """
-    vec = positions[j] - positions[i]
+    vec = positions.index_select(0, j) - positions.index_select(0, i)
+    if box is not None and box.dim() == 3 and box.shape[0] == 1:
+        box = box[0]  # one frame: a (P, 3) x (3, 3) product instead of P small ones
     if box is not None:
         if box.dim() == 2:
             vec = vec + shifts @ box
@@ -151,8 +153,8 @@ def neighbour_slots(i: Tensor, n_atoms: int) -> Tuple[Tensor, int]:
 
 def select_pairs(i: Tensor, j: Tensor, shifts: Tensor, d2: Tensor, cutoff: float) -> Tuple[Tensor, Tensor, Tensor]:
     """The pairs of a list whose squared distance ``d2`` is below ``cutoff``^2."""
-    keep = d2 < cutoff * cutoff
-    return i[keep], j[keep], shifts[keep]
+    keep = torch.nonzero(d2 < cutoff * cutoff).squeeze(1)  # one search for the mask, three cheap gathers
+    return i.index_select(0, keep), j.index_select(0, keep), shifts.index_select(0, keep)
 
 
 class VerletList(torch.nn.Module):
