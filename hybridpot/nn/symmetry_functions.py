@@ -38,6 +38,9 @@ from torch import Tensor
 from hybridpot.physics.cutoffs import cutoff_function, cutoff_kind
 from hybridpot.physics.neighbors import neighbour_slots
 
+#: Padded per-atom tables (batched matrix products) are used while they hold at most this many slots
+#: per pair; beyond it (very uneven neighbour counts) the pairs are scattered one by one.
+MAX_PADDING = 3.0
 #: Radial forms of the angular symmetry functions (see the module docstring).
 ANGULAR_FORMS = ("product", "mean")
 
@@ -191,6 +194,7 @@ class SymmetryFunctions(torch.nn.Module):
                     coefficients[n, c] = 2.0 ** (1.0 - zeta) * math.comb(int(zeta), n) * lam**n
         self.register_buffer("degree_to_angular", coefficients, persistent=False)
         self.max_degree = degree
+        self.max_padding = MAX_PADDING
 
     def _angular_factors(self, cos_t: Tensor) -> List[Tensor]:
         """2^(1-zeta) (1 + lambda cos)^zeta for each (zeta, lambda), each of cos's shape; integer zetas by
@@ -268,10 +272,22 @@ class SymmetryFunctions(torch.nn.Module):
         # x^a y^b z^c of every monomial; one-hot matrix products gather faster (and backward) than indexing
         pick = self.mono_pick.to(dtype)  # (3, degree + 1, M)
         mono = torch.matmul(power[:, 0], pick[0]) * torch.matmul(power[:, 1], pick[1]) * torch.matmul(power[:, 2], pick[2])
-        values = (shell.unsqueeze(-1) * mono.unsqueeze(1)).reshape(shell.shape[0], n_shells * n_mono)
         target = ai * self.n_species + species[aj]
-        moments = torch.zeros(n_atoms * self.n_species, n_shells * n_mono, dtype=dtype, device=avec.device)
-        moments = moments.index_add(0, target, values).view(n_atoms, self.n_species, n_shells, n_mono)
+        n_targets = n_atoms * self.n_species
+        # moments[t] = sum over the pairs p of target t of shell_p (outer) mono_p: as one batched matrix
+        # product over a padded per-target table (no (P, S, M) tensor, whose passes dominated the time)
+        slots, k = neighbour_slots(target, n_targets)
+        if n_targets * k <= self.max_padding * target.shape[0]:
+            shell_table = torch.zeros(n_targets * k, n_shells, dtype=dtype, device=avec.device)
+            shell_table = shell_table.index_put((slots,), shell).view(n_targets, k, n_shells)
+            mono_table = torch.zeros(n_targets * k, n_mono, dtype=dtype, device=avec.device)
+            mono_table = mono_table.index_put((slots,), mono).view(n_targets, k, n_mono)
+            moments = torch.bmm(shell_table.transpose(1, 2), mono_table)
+        else:
+            values = (shell.unsqueeze(-1) * mono.unsqueeze(1)).reshape(shell.shape[0], n_shells * n_mono)
+            moments = torch.zeros(n_targets, n_shells * n_mono, dtype=dtype, device=avec.device)
+            moments = moments.index_add(0, target, values)
+        moments = moments.view(n_atoms, self.n_species, n_shells, n_mono)
         self_terms = torch.zeros(n_atoms * self.n_species, n_shells, dtype=dtype, device=avec.device)
         self_terms = self_terms.index_add(0, target, shell * shell).view(n_atoms, self.n_species, n_shells)
         # sum_{j in a, k in b} R_s(r_j) R_s(r_k) cos_jk^l, then without j == k (cos = 1) for like pairs
