@@ -111,7 +111,7 @@ class HybridModel(torch.nn.Module):
     "forces_var" (N,) (kJ/mol/nm)^2 per component (float64). Energies are float64 whatever the
     model's dtype (see below); everything else is in the model's dtype.
 
-    ``pairs`` (single frame only): (i, j, shifts), each unordered pair at most once, containing at least
+    ``pairs`` (single frame only): (i, j, shifts[, offsets = shifts @ box]), each unordered pair at most once, containing at least
     every pair within :meth:`max_pair_cutoff` (it may hold more, as a Verlet list with a skin does).
     The MLP, Ewald/PME and D3 then select their pairs from it by distance instead of running three
     neighbour searches: the MD bindings pass a :class:`hybridpot.physics.neighbors.VerletList`'s.
@@ -169,7 +169,11 @@ class HybridModel(torch.nn.Module):
             if box is not None:
                 frame_box = box[0]
             pi, pj, ps = pairs[0], pairs[1], pairs[2]
-            d2 = pair_vectors(positions.detach(), pi, pj, ps, frame_box).square().sum(dim=1)
+            if len(pairs) > 3:  # Cartesian offsets shifts @ box, e.g. kept by the VerletList
+                points = positions.detach()
+                d2 = (points.index_select(0, pj) - points.index_select(0, pi) + pairs[3]).square().sum(dim=1)
+            else:
+                d2 = pair_vectors(positions.detach(), pi, pj, ps, frame_box).square().sum(dim=1)
             hi, hj, hs = select_pairs(pi, pj, ps, d2, self.cutoff)
             electrostatics = self.electrostatics
             if electrostatics is not None:

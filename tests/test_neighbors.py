@@ -110,7 +110,8 @@ def test_verlet_list_keeps_every_pair_and_rebuilds_only_when_needed(mode):
     builds = []
     for step in range(30):
         pos = pos + torch.tensor(rng.normal(0.0, 0.004, pos.shape))  # ~0.007 nm per atom per step
-        i, j, s = verlet(pos, box, cutoff)
+        i, j, s, offsets = verlet(pos, box, cutoff)
+        torch.testing.assert_close(offsets, s @ box)
         d2 = pair_vectors(pos, i, j, s, box).square().sum(dim=1)
         got = _unordered(*select_pairs(i, j, s, d2, cutoff))
         assert got == _unordered(*frame_neighbors(pos, cutoff, box, False)), f"step {step}"

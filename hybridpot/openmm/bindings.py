@@ -76,8 +76,8 @@ class OpenMMModule(torch.nn.Module):
         pos = positions[self.atoms] if self.subset else positions
         pairs: Optional[List[Tensor]] = None
         if self.use_pair_list and cell is not None:
-            i, j, shifts = self.pair_list(pos, cell[0], self.model.max_pair_cutoff(cell[0]))
-            pairs = [i, j, shifts]
+            i, j, shifts, offsets = self.pair_list(pos, cell[0], self.model.max_pair_cutoff(cell[0]))
+            pairs = [i, j, shifts, offsets]
         return self.model(pos, self.atomic_numbers, cell, self.ptr, self.total_charge, frag, frag_q, pairs)
 
     def forward(self, positions: Tensor, box: Optional[Tensor] = None) -> Tensor:

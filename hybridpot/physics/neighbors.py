@@ -160,8 +160,9 @@ def select_pairs(i: Tensor, j: Tensor, shifts: Tensor, d2: Tensor, cutoff: float
 class VerletList(torch.nn.Module):
     """A half pair list with a skin, kept between calls: rebuilt only when needed.
 
-    ``forward(positions (N, 3), box (3, 3) or None, cutoff)`` returns (i, j, shifts) as
-    :func:`frame_neighbors` with ``full_list=False`` and cutoff ``cutoff + skin``. The list is reused
+    ``forward(positions (N, 3), box (3, 3) or None, cutoff)`` returns (i, j, shifts, offsets): the
+    first three as :func:`frame_neighbors` with ``full_list=False`` and cutoff ``cutoff + skin``, and
+    ``offsets = shifts @ box`` (P, 3), constant until the next rebuild (for selecting pairs by distance). The list is reused
     while no atom has moved more than skin / 2 since it was built and the box, the number of atoms and
     ``cutoff`` are unchanged, so it contains every pair within ``cutoff`` (plus some beyond it: select
     with the current distances, e.g. :func:`select_pairs`). An MD step moves atoms ~1e-3 nm, so with the
@@ -182,6 +183,7 @@ class VerletList(torch.nn.Module):
         self.pair_i = torch.zeros(0, dtype=torch.long)
         self.pair_j = torch.zeros(0, dtype=torch.long)
         self.pair_shifts = torch.zeros(0, 3, dtype=torch.float64)
+        self.pair_offsets = torch.zeros(0, 3, dtype=torch.float64)
 
     def needs_rebuild(self, points: Tensor, box: Optional[Tensor], cutoff: float) -> bool:
         if cutoff != self.built_cutoff or points.shape[0] != self.ref_positions.shape[0]:
@@ -198,7 +200,7 @@ class VerletList(torch.nn.Module):
         moved = (points - self.ref_positions).square().sum(dim=1).max()
         return not bool(moved <= 0.25 * self.skin * self.skin)  # NaN positions rebuild (and fail there)
 
-    def forward(self, positions: Tensor, box: Optional[Tensor], cutoff: float) -> Tuple[Tensor, Tensor, Tensor]:
+    def forward(self, positions: Tensor, box: Optional[Tensor], cutoff: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         points = positions.detach().to(torch.float64)
         cell: Optional[Tensor] = None
         if box is not None:
@@ -208,10 +210,15 @@ class VerletList(torch.nn.Module):
             self.pair_i = i
             self.pair_j = j
             self.pair_shifts = shifts
+            if cell is None:
+                self.pair_offsets = torch.zeros_like(shifts)
+            else:
+                self.pair_offsets = shifts @ cell
             self.ref_positions = points.clone()
             if cell is not None:
                 self.ref_box = cell.clone()
             self.built_with_box = cell is not None
             self.built_cutoff = cutoff
             self.builds += 1
-        return self.pair_i, self.pair_j, self.pair_shifts.to(positions.dtype)
+        return (self.pair_i, self.pair_j, self.pair_shifts.to(positions.dtype),
+                self.pair_offsets.to(positions.dtype))
