@@ -124,7 +124,7 @@ def test_models_saved_before_angular_form_load_with_the_mean_form(tmp_path):
     z = [8, 1, 1, 1]
     reference = float(mean_model.compute(pos, z)["energy"])
     assert float(old.compute(pos, z)["energy"]) == pytest.approx(reference, rel=1e-12)
-    # a new model (product form by default) with the same weights gives another energy: the key matters
-    product = hybridpot.build_model(dict(config, behler_parrinello={"hidden": [8]}))
+    # the product form with the same weights gives another energy: the key matters
+    product = hybridpot.build_model(dict(config, behler_parrinello={"hidden": [8], "angular_form": "product"}))
     product.load_state_dict(mean_model.state_dict())
     assert abs(float(product.compute(pos, z)["energy"]) - reference) > 1e-6

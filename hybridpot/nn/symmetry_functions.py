@@ -9,19 +9,26 @@ neighbours j < k (j in Z1, k in Z2 or the other way round) inside the angular cu
 factor is Behler's G4/G5 polynomial in cos(theta) (no arccos, so forces are smooth even for linear
 triplets). Two radial forms (``angular_form``):
 
-- ``"product"`` (default): one shifted Gaussian per leg, Behler's G5 with shells,
+- ``"mean"`` (default): ANI-style shells on the mean distance, listing every triplet:
+
+      GA_{i,(Z1,Z2),s,(zeta,lam)} = 2^(1-zeta) sum_{j<k} (1 + lam cos theta_jik)^zeta
+                                    exp(-eta_A ((r_ij + r_ik)/2 - R_s)^2) f_c(r_ij) f_c(r_ik)
+
+- ``"product"``: one shifted Gaussian per leg, Behler's G5 with shells,
 
       GA_{i,(Z1,Z2),s,(zeta,lam)} = 2^(1-zeta) sum_{j<k} (1 + lam cos theta_jik)^zeta R_s(r_ij) R_s(r_ik),
       R_s(r) = exp(-eta_A (r - R_s)^2) f_c(r)
 
-  It factorises over j and k, so it is evaluated per atom from a padded table of its neighbours with
-  batched matrix products (the Gram matrix of unit vectors), without listing triplets: 4-6x cheaper
-  than the mean form in liquid water, where each atom has ~18 neighbours within 0.35 nm;
-- ``"mean"``: ANI-style shells on the mean distance, listing every triplet (the form of models saved
-  before 2026-11-21, which still load with it):
-
-      GA_{i,(Z1,Z2),s,(zeta,lam)} = 2^(1-zeta) sum_{j<k} (1 + lam cos theta_jik)^zeta
-                                    exp(-eta_A ((r_ij + r_ik)/2 - R_s)^2) f_c(r_ij) f_c(r_ik)
+  It factorises over j and k: with integer zetas, (1 + lam cos)^zeta is a polynomial in cos and
+  cos_jk^l a sum over monomials of the unit vectors, so everything follows from per-atom moments
+  sum_j R_s(r_ij) u_ij^m (one batched matrix product over padded per-atom tables), without listing
+  triplets; other zetas use the Gram matrix of the unit vectors. Measured on water (2026-11-21, 1
+  thread): MD of 64 waters 14.7-15.5 ms/step vs 25.4 for the mean form; rMD17 ethanol test force MAE
+  23.1 meV/A in 10 minutes of training (mean form: 26.7 in 8). In float32 the alternating binomial
+  sums cost precision: the worst descriptor's float32 error is 1.7e-4 of its spread (mean form 2e-5).
+  It is not the default because in 2-ps NPT runs of water with models trained on 20 frames one run
+  of three blew up (at 0.6 ps) where the mean form ran all three; with so little data that may be
+  chance, but the mean form has the longer record.
 
 All sums run over neighbours inside the respective cutoff, so every term is invariant to rotation,
 translation and permutation of like atoms, and vanishes smoothly at the cutoff.
@@ -42,7 +49,7 @@ from hybridpot.physics.neighbors import neighbour_slots
 #: per pair; beyond it (very uneven neighbour counts) the pairs are scattered one by one.
 MAX_PADDING = 3.0
 #: Radial forms of the angular symmetry functions (see the module docstring).
-ANGULAR_FORMS = ("product", "mean")
+ANGULAR_FORMS = ("mean", "product")
 
 
 def default_parameters(
@@ -115,7 +122,7 @@ class SymmetryFunctions(torch.nn.Module):
     cutoff: radial cutoff, nm
     params: dict as returned by :func:`default_parameters`
     cutoff_function: "cosine" or "polynomial"
-    angular_form: "product" (default) or "mean", see the module docstring
+    angular_form: "mean" (default) or "product", see the module docstring
     """
 
     def __init__(
@@ -124,7 +131,7 @@ class SymmetryFunctions(torch.nn.Module):
         cutoff: float,
         params: Dict[str, object],
         cutoff_function: str = "cosine",
-        angular_form: str = "product",
+        angular_form: str = "mean",
     ):
         super().__init__()
         if angular_form not in ANGULAR_FORMS:
