@@ -41,6 +41,8 @@ TARGET_RATIO = 20.0
 
 def model_config(kind: str, settings: Dict[str, Any]) -> Dict[str, Any]:
     config: Dict[str, Any] = {"elements": ["H", "O"], "periodic": True, "cutoff": 0.5, "dtype": settings["dtype"]}
+    if settings.get("angular_form"):
+        config["behler_parrinello"] = {"angular_form": settings["angular_form"]}
     if kind == "hybrid":
         config["charges"] = {"enabled": True}
         config["electrostatics"] = {
@@ -135,6 +137,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="D3 coordination-number cutoff, nm (default: MD preset, 0.8)")
     parser.add_argument("--d3-taper", type=float, default=None,
                         help="D3 smooth switch width, nm (default: MD preset, 0.2)")
+    parser.add_argument("--angular-form", choices=("mean", "product"), default=None,
+                        help="Behler-Parrinello angular symmetry functions (default: the package's, mean)")
     parser.add_argument("--seconds", type=float, default=6.0, help="timed seconds per case (default 6)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per case; the median is reported")
     parser.add_argument("--threads", type=int, default=1,
@@ -145,7 +149,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.seconds, args.repeats = [650], 3.0, 2
-    keys = ("dtype", "accuracy", "pme_cutoff", "d3_cutoff", "d3_cn_cutoff", "d3_taper")
+    keys = ("dtype", "accuracy", "pme_cutoff", "d3_cutoff", "d3_cn_cutoff", "d3_taper", "angular_form")
     settings = {k: getattr(args, k) for k in keys}
 
     platforms = common.detect_platforms()

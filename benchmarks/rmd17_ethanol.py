@@ -105,7 +105,10 @@ def train_config(arch: str, data_path: str, split, minutes: float, epochs: int, 
     training = {**COMMON_TRAINING, **hp["training"], "epochs": epochs, "time_budget": minutes,
                 "scheduler": args.scheduler, "num_threads": args.threads, "seed": args.seed,
                 "progress": args.progress, "device": "cpu"}
-    return {"data": data, "model": {"architecture": arch, "dtype": args.dtype, **hp["model"]}, "training": training}
+    model = {"architecture": arch, "dtype": args.dtype, **hp["model"]}
+    if arch == "behler_parrinello" and args.angular_form:
+        model["behler_parrinello"] = dict(model.get("behler_parrinello", {}), angular_form=args.angular_form)
+    return {"data": data, "model": model, "training": training}
 
 
 def estimate_epochs(config: Dict[str, Any], minutes: float, workdir: str) -> Dict[str, float]:
@@ -370,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1; 2 only on an idle 2-core machine: under other "
                         "load a 2-thread run, before OMP_WAIT_POLICY=PASSIVE was set, ran ~30x slower here)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="model dtype (default: float32)")
+    parser.add_argument("--angular-form", choices=("mean", "product"), default=None,
+                        help="Behler-Parrinello angular symmetry functions (default: the package's, mean)")
     parser.add_argument("--seed", type=int, default=0, help="weights, batch order and learning-curve subsets (default: 0)")
     parser.add_argument("--progress", action="store_true", help="show the trainer's progress bar")
     parser.add_argument("--workdir", default=os.path.join(HERE, "results", "rmd17_runs"), help="run folders")
