@@ -25,7 +25,8 @@ triplets). Two radial forms (``angular_form``):
   triplets; other zetas use the Gram matrix of the unit vectors. Measured on water (2026-11-21, 1
   thread): MD of 64 waters 14.7-15.5 ms/step vs 25.4 for the mean form; rMD17 ethanol test force MAE
   23.1 meV/A in 10 minutes of training (mean form: 26.7 in 8). In float32 the alternating binomial
-  sums cost precision: the worst descriptor's float32 error is 1.7e-4 of its spread (mean form 2e-5).
+  sums cost precision: the worst descriptor's float32 error is 1.7e-4 of its spread (mean form 2e-5;
+  moments in float64 only brought it to 1.1e-4: the sums amplify the rounding of float32 positions).
   It is not the default because in 2-ps NPT runs of water with models trained on 20 frames one run
   of three blew up (at 0.6 ps) where the mean form ran all three; with so little data that may be
   chance, but the mean form has the longer record.
