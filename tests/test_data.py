@@ -452,3 +452,41 @@ def test_periodic_frame_needs_cell():
     frame = Frame([1], np.zeros((1, 3)), pbc=[True, False, False], source="p.xyz", index=0)
     with pytest.raises(ValueError, match=r"p\.xyz frame 0: field 'cell' is missing"):
         frame.validate()
+
+
+def _ion_pair_frame(index=0, with_fragments=True):
+    """Na+ ... Cl- plus a water: three fragments with charges +1, -1, 0."""
+    z = np.array([11, 17, 8, 1, 1])
+    pos = np.array([[0.0, 0.0, 0.0], [0.3, 0.0, 0.0], [0.0, 0.3, 0.0], [0.0, 0.4, 0.0], [0.09, 0.3, 0.02]])
+    extra = {"fragments": [0, 1, 2, 2, 2], "fragment_charges": [1.0, -1.0, 0.0]} if with_fragments else {}
+    return Frame(z, pos + 0.01 * index, energy=-1.0 * index, forces=np.zeros((5, 3)), index=index, **extra)
+
+
+def test_fragments_round_trip_collate_and_errors(tmp_path):
+    frames = [_ion_pair_frame(k) for k in range(2)]
+    path = tmp_path / "ions.xyz"
+    write_extxyz(frames, path, charge_unit="e")
+    text = path.read_text()
+    assert "fragment:I:1" in text and 'fragment_charges="1.0 -1.0 0.0"' in text
+    back = read_extxyz(path)
+    for a, b in zip(frames, back):
+        assert b.fragments.tolist() == [0, 1, 2, 2, 2] and b.fragment_charges.tolist() == [1.0, -1.0, 0.0]
+        assert b.total_charge == 0.0
+    # a frame without fragments in the same batch is one fragment with its total charge
+    batch = collate([back[0], _ion_pair_frame(2, with_fragments=False), back[1]])
+    assert batch.fragments.tolist() == [0, 1, 2, 2, 2] + [3] * 5 + [4, 5, 6, 6, 6]
+    assert batch.fragment_charges.tolist() == [1.0, -1.0, 0.0, 0.0, 1.0, -1.0, 0.0]
+    assert collate([_ion_pair_frame(0, with_fragments=False)]).fragments is None
+    # errors name the frame and the field
+    bad = _ion_pair_frame(0)
+    bad.fragment_charges = np.array([1.0, -1.0, 0.5])
+    with pytest.raises(ValueError, match=r"frame 0: field 'fragment_charges' sum to 0.5 e but total_charge is 0 e"):
+        bad.validate()
+    bad = _ion_pair_frame(0)
+    bad.fragments = np.array([0, 1, 3, 3, 3])
+    with pytest.raises(ValueError, match=r"field 'fragments' must number the 3 fragments"):
+        bad.validate()
+    bad = _ion_pair_frame(0)
+    bad.fragment_charges = None
+    with pytest.raises(ValueError, match=r"field 'fragment_charges' is missing but 'fragments' is given"):
+        bad.validate()

@@ -383,3 +383,33 @@ def test_data_config_charge_and_dipole_units(tmp_path):
         read_splits(resolve_train_config({"data": dict(data, dipole_unit="kJ/mol")})["data"])
     with pytest.raises(ValueError, match=r"data.charge_unit must be str"):
         resolve_train_config({"data": dict(data, charge_unit=1)})
+
+
+def test_training_batches_keep_each_fragments_charge(tmp_path):
+    """Frames with fragments (ions) train and predict with per-fragment charge conservation."""
+    from hybridpot.data import Frame
+    from hybridpot.train.losses import predict
+    from hybridpot.train.preparation import model_batch
+
+    rng = np.random.default_rng(0)
+    base = np.array([[0.0, 0.0, 0.0], [0.3, 0.0, 0.0], [0.0, 0.3, 0.0], [0.0, 0.4, 0.0], [0.09, 0.3, 0.02]])
+    frames = [
+        Frame([11, 17, 8, 1, 1], base + rng.normal(0, 0.005, base.shape), energy=float(rng.normal()),
+              forces=rng.normal(size=(5, 3)), fragments=[0, 1, 2, 2, 2], fragment_charges=[1.0, -1.0, 0.0],
+              index=k).validate()
+        for k in range(12)
+    ]
+    path = tmp_path / "ions.xyz"
+    write_extxyz(frames, path)
+    config = {
+        "data": {"path": str(path), "split": [8, 2, 2]},
+        "model": {"charges": {"enabled": True}, "electrostatics": {"enabled": True},
+                  "behler_parrinello": {"hidden": [8]}},
+        "training": {"epochs": 2, "batch_size": 4, "progress": False, "plots": False},
+    }
+    result = train(config, tmp_path / "run")
+    model = hybridpot.load_model(result.model_path)
+    batch = model_batch(frames[:4], model.dtype, torch.device("cpu"))
+    charges = predict(model, batch)["charges"]
+    sums = torch.zeros(int(batch.fragments.max()) + 1, dtype=charges.dtype).index_add(0, batch.fragments, charges)
+    np.testing.assert_allclose(sums.numpy(), [1.0, -1.0, 0.0] * 4, atol=1e-6)

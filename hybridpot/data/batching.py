@@ -41,6 +41,9 @@ class Batch:
     forces: (N_total, 3) kJ/mol/nm or None
     charges: (N_total,) e or None
     dipole: (B, 3) e nm or None
+    fragments: (N_total,) long, fragment of each atom numbered across the batch, or None when no frame
+        has fragments (a frame without them is one fragment carrying its total charge)
+    fragment_charges: (G_total,) e or None
     """
 
     positions: torch.Tensor
@@ -55,6 +58,8 @@ class Batch:
     forces: Optional[torch.Tensor] = None
     charges: Optional[torch.Tensor] = None
     dipole: Optional[torch.Tensor] = None
+    fragments: Optional[torch.Tensor] = None
+    fragment_charges: Optional[torch.Tensor] = None
 
     @property
     def num_frames(self) -> int:
@@ -109,6 +114,20 @@ def collate(
     ptr = np.concatenate([[0], np.cumsum(n_atoms)])
     all_have = {name: all(getattr(f, name) is not None for f in frames)
                 for name in ("energy", "forces", "charges", "dipole")}
+    fragments = fragment_charges = None
+    if any(f.fragments is not None for f in frames):
+        ids, charges, offset = [], [], 0
+        for f in frames:
+            if f.fragments is None or f.fragment_charges is None:
+                ids.append(np.full(f.n_atoms, offset, dtype=np.int64))
+                charges.append(np.array([f.total_charge], dtype=np.float64))
+                offset += 1
+            else:
+                ids.append(np.asarray(f.fragments, dtype=np.int64) + offset)
+                charges.append(np.asarray(f.fragment_charges, dtype=np.float64))
+                offset += len(f.fragment_charges)
+        fragments = long(np.concatenate(ids))
+        fragment_charges = cat(charges)
     return Batch(
         positions=cat([f.positions for f in frames]),
         atomic_numbers=long(np.concatenate([f.atomic_numbers for f in frames])),
@@ -122,6 +141,8 @@ def collate(
         forces=cat([f.forces for f in frames]) if all_have["forces"] else None,
         charges=cat([f.charges for f in frames]) if all_have["charges"] else None,
         dipole=floats([f.dipole for f in frames]) if all_have["dipole"] else None,
+        fragments=fragments,
+        fragment_charges=fragment_charges,
     )
 
 

@@ -38,6 +38,9 @@ class Frame:
     dipole: (3,) e nm or None
     source: name of the file the frame came from (for error messages)
     index: index of the frame in that file (for error messages)
+    fragments: (N,) int fragment (molecule, ion) of each atom, 0..G-1, or None
+    fragment_charges: (G,) e, the integer charge of each fragment (summing to total_charge), or None;
+        with both, models with a charge head conserve each fragment's charge (an ionic liquid's ions)
     """
 
     atomic_numbers: np.ndarray
@@ -51,6 +54,8 @@ class Frame:
     dipole: np.ndarray | None = None
     source: str = "<memory>"
     index: int = 0
+    fragments: np.ndarray | None = None
+    fragment_charges: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         # Coerce dtypes only; shapes and values are checked by validate() so that the error can name
@@ -66,6 +71,10 @@ class Frame:
             self.charges = np.asarray(self.charges, dtype=np.float64)
         if self.dipole is not None:
             self.dipole = np.asarray(self.dipole, dtype=np.float64)
+        if self.fragments is not None:
+            self.fragments = np.asarray(self.fragments)
+        if self.fragment_charges is not None:
+            self.fragment_charges = np.asarray(self.fragment_charges, dtype=np.float64)
 
     @property
     def where(self) -> str:
@@ -138,7 +147,35 @@ class Frame:
             self._check_array("charges", self.charges, (n,))
         if self.dipole is not None:
             self._check_array("dipole", self.dipole, (3,))
+        self._check_fragments(n)
         return self
+
+    def _check_fragments(self, n: int) -> None:
+        if (self.fragments is None) != (self.fragment_charges is None):
+            given = "fragments" if self.fragments is not None else "fragment_charges"
+            missing = "fragment_charges" if self.fragments is not None else "fragments"
+            raise self.error(missing, f"is missing but {given!r} is given; give both or neither")
+        if self.fragments is None or self.fragment_charges is None:
+            return
+        frag = self.fragments
+        if frag.shape != (n,) or not np.issubdtype(frag.dtype, np.integer):
+            if frag.shape == (n,) and np.issubdtype(frag.dtype, np.floating) and np.all(frag == np.round(frag)):
+                self.fragments = frag = frag.astype(np.int64)
+            else:
+                raise self.error("fragments", f"has shape {frag.shape} and dtype {frag.dtype}, expected ({n},) integers")
+        g = self.fragment_charges.shape[0] if self.fragment_charges.ndim == 1 else -1
+        self._check_array("fragment_charges", self.fragment_charges, (max(g, 0),) if g >= 0 else (0,))
+        counts = np.bincount(frag[(frag >= 0) & (frag < g)], minlength=g) if g > 0 else np.zeros(0)
+        if g <= 0 or frag.min() < 0 or frag.max() >= g or np.any(counts == 0):
+            raise self.error(
+                "fragments", f"must number the {g} fragments of fragment_charges 0..{g - 1}, each with at "
+                f"least one atom (got ids {sorted(set(frag.tolist()))[:10]})"
+            )
+        total = float(self.fragment_charges.sum())
+        if abs(total - self.total_charge) > 1e-6:
+            raise self.error(
+                "fragment_charges", f"sum to {total:g} e but total_charge is {self.total_charge:g} e"
+            )
 
     def _check_array(self, name: str, value: np.ndarray, shape: tuple[int, ...]) -> None:
         if value.shape != shape:

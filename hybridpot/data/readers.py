@@ -57,6 +57,8 @@ def read_extxyz(
     charges_key: str = "charges",
     dipole_key: str = "dipole",
     total_charge_key: str = "total_charge",
+    fragments_key: str = "fragment",
+    fragment_charges_key: str = "fragment_charges",
 ) -> Dataset:
     """Read an extended-XYZ file with ASE and convert to internal units.
 
@@ -67,6 +69,10 @@ def read_extxyz(
         Positions and ``Lattice`` use ``length_unit``.
     force_unit: defaults to ``energy_unit/length_unit``.
     charge_unit, dipole_unit: units of per-atom charges and of the dipole.
+    fragments_key, fragment_charges_key: an optional per-atom integer column numbering the fragments
+        (molecules, ions) 0..G-1 and a comment-line list of their G charges (``charge_unit``); with
+        them a model with a charge head is trained to keep each fragment's charge (the total charge
+        defaults to their sum).
     *_key: names of the properties in the file. Each is looked up in the comment line
         (``atoms.info``), the per-atom columns (``atoms.arrays``) and in the results that ASE moves
         into a SinglePointCalculator (it does so for ``energy``, ``forces``, ``charges``, ``dipole``).
@@ -114,6 +120,12 @@ def read_extxyz(
         # ASE stores a zero cell for molecules; only keep a cell that carries information.
         cell = cell * f_len if (pbc.any() or np.any(cell != 0.0)) else None
         total_charge = lookup(total_charge_key)
+        fragments = lookup(fragments_key)
+        fragment_charges = _scaled(lookup(fragment_charges_key), f_q)
+        if fragment_charges is not None:
+            fragment_charges = np.atleast_1d(np.asarray(fragment_charges, dtype=np.float64))
+            if total_charge is None:
+                total_charge = float(fragment_charges.sum())
         frame = Frame(
             atomic_numbers=np.asarray(atoms.numbers, dtype=np.int64),
             positions=np.asarray(atoms.positions, dtype=np.float64) * f_len,
@@ -126,6 +138,8 @@ def read_extxyz(
             dipole=_scaled(lookup(dipole_key), f_d),
             source=name,
             index=index,
+            fragments=None if fragments is None else np.asarray(fragments).reshape(-1),
+            fragment_charges=fragment_charges,
         )
         frames.append(frame.validate())
     return Dataset(frames)

@@ -34,6 +34,8 @@ def write_extxyz(
     charges_key: str = "charges",
     dipole_key: str = "dipole",
     total_charge_key: str = "total_charge",
+    fragments_key: str = "fragment",
+    fragment_charges_key: str = "fragment_charges",
 ) -> None:
     """Write frames (a Dataset or any iterable of Frame) to an extxyz file.
 
@@ -68,6 +70,10 @@ def write_extxyz(
         if frame.charges is not None:
             props.append(f"{charges_key}:R:1")
             columns.append((frame.charges / f_q)[:, None])
+        if frame.fragments is not None and frame.fragment_charges is not None:
+            props.append(f"{fragments_key}:I:1")
+            columns.append(np.asarray(frame.fragments, dtype=np.int64)[:, None])
+            header.append(f'{fragment_charges_key}="{_floats(frame.fragment_charges / f_q)}"')
         header.append("Properties=" + ":".join(props))
         if frame.energy is not None:
             header.append(f"{energy_key}={_float(frame.energy / f_e)}")
@@ -80,7 +86,10 @@ def write_extxyz(
         for i in range(frame.n_atoms):
             cells = [str(columns[0][i, 0])]
             for block in columns[1:]:
-                cells.extend(_float(x) for x in block[i])
+                if np.issubdtype(block.dtype, np.integer):
+                    cells.extend(str(int(x)) for x in block[i])
+                else:
+                    cells.extend(_float(x) for x in block[i])
             lines.append(" ".join(cells))
         chunks.append("\n".join(lines) + "\n")
 

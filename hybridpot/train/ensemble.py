@@ -220,7 +220,10 @@ def _ensemble_summary(ensemble, frames, batch_size: int, offset: float) -> Dict[
     stds = []
     with torch.no_grad():
         for batch in iterate_model_batches(frames, batch_size, ensemble.dtype, device):
-            out = ensemble(batch.positions, batch.atomic_numbers, batch.box, batch.ptr, batch.total_charge)
+            args = (batch.positions, batch.atomic_numbers, batch.box, batch.ptr, batch.total_charge)
+            if batch.fragments is not None:
+                args = args + (batch.fragments, batch.fragment_charges)
+            out = ensemble(*args)
             stds.append(out["energy_std"].cpu())
     std = torch.cat(stds)
     summary["energy_std"] = {"mean": float(std.mean()), "max": float(std.max())}

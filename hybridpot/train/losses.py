@@ -60,7 +60,10 @@ def predict(model: torch.nn.Module, batch: Batch, *, create_graph: bool = False)
     create_graph: keep the graph of the forces (training); otherwise results are detached.
     """
     positions = batch.positions.detach().requires_grad_(True)
-    out = model(positions, batch.atomic_numbers, batch.box, batch.ptr, batch.total_charge)
+    args = (positions, batch.atomic_numbers, batch.box, batch.ptr, batch.total_charge)
+    if batch.fragments is not None:  # per-fragment charges (ions); otherwise the 5-argument call
+        args = args + (batch.fragments, batch.fragment_charges)
+    out = model(*args)
     energy = out["energy"]
     (grad,) = torch.autograd.grad(energy.sum(), positions, create_graph=create_graph)
     pred = {"energy": energy, "forces": -grad}

@@ -71,7 +71,7 @@ def model_batch(frames: Sequence[Frame], dtype: torch.dtype, device: torch.devic
     """Collate for a model of ``dtype``: energies stay float64 (absolute energies of ~1e5 kJ/mol lose
     ~0.01 kJ/mol in float32), everything else is cast to the model's dtype."""
     batch = collate(frames, dtype=torch.float64, device=device)
-    for name in ("positions", "total_charge", "box", "forces", "charges", "dipole"):
+    for name in ("positions", "total_charge", "box", "forces", "charges", "dipole", "fragment_charges"):
         value = getattr(batch, name)
         if value is not None:
             setattr(batch, name, value.to(dtype))
