@@ -141,6 +141,22 @@ def test_create_system_from_topology(backend):
     assert energy == pytest.approx(float(model.compute(pos, z, box=box)["energy"]), rel=1e-6)
 
 
+def test_create_system_neighbor_skin_zero_gives_the_same_energy():
+    from hybridpot.openmm import create_system
+
+    torch.manual_seed(0)
+    model = hybridpot.build_model({"elements": ["H", "O"], "periodic": True, "dtype": "float64",
+                                   "dispersion": {"enabled": True}, "behler_parrinello": {"hidden": [8]}})
+    topology, positions = water_topology()
+    energies = []
+    for skin in (0.1, 0.0):
+        system = create_system(model, topology, backend="pythonforce", verbose=False, neighbor_skin=skin)
+        ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+        ctx.setPositions(positions)
+        energies.append(ctx.getState(getEnergy=True).getPotentialEnergy().value_in_unit(KJ))
+    assert energies[0] == pytest.approx(energies[1], rel=1e-10)  # only the summation order differs
+
+
 def test_create_system_errors():
     from hybridpot.openmm import create_system
 

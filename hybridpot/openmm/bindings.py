@@ -140,12 +140,16 @@ def make_force(
     verbose: bool = True,
     fragments: Optional[Sequence[int]] = None,
     fragment_charges: Optional[Sequence[float]] = None,
+    neighbor_skin: float = 0.1,
 ):
-    """TorchForce or PythonForce evaluating ``model`` for these atoms; see :func:`force_from_module`.
+    """TorchForce or PythonForce evaluating ``model`` for these atoms; see :func:`force_from_module`
+    and, for ``neighbor_skin``, :class:`OpenMMModule`.
 
     Returns (force, backend_used).
     """
-    module = OpenMMModule(model, atomic_numbers, total_charge, fragments, fragment_charges)
+    module = OpenMMModule(
+        model, atomic_numbers, total_charge, fragments, fragment_charges, neighbor_skin=neighbor_skin
+    )
     return force_from_module(module, model.periodic, backend=backend, verbose=verbose)
 
 

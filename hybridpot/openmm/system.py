@@ -78,6 +78,7 @@ def create_system(
     total_charge: Optional[float] = None,
     molecule_charges: Optional[MoleculeCharges] = None,
     verbose: bool = True,
+    neighbor_skin: float = 0.1,
 ) -> openmm.System:
     """An ``openmm.System`` with the topology's masses, its periodic box, and one force for the model.
 
@@ -89,6 +90,9 @@ def create_system(
     total_charge: e; default 0, or the sum of ``molecule_charges``
     molecule_charges: one charge per residue, or {residue name: charge}; the charge head then conserves
         each residue's charge (e.g. +1 for each cation and -1 for each anion of an ionic liquid)
+    neighbor_skin: nm; periodic models keep one pair list between steps, rebuilt when an atom has
+        moved more than half of this (see :class:`hybridpot.openmm.bindings.OpenMMModule`); 0 searches
+        neighbours at every step (same energies, slower)
     """
     numbers = check_model_topology(model, topology)
     system = openmm.System()
@@ -104,7 +108,8 @@ def create_system(
         if total_charge is None:
             total_charge = float(frag_q.sum())
     force, _ = make_force(
-        model, numbers, float(total_charge or 0.0), backend=backend, verbose=verbose, **fragments
+        model, numbers, float(total_charge or 0.0), backend=backend, verbose=verbose,
+        neighbor_skin=neighbor_skin, **fragments
     )
     system.addForce(force)
     return system
