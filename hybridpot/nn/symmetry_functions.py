@@ -168,6 +168,16 @@ class SymmetryFunctions(torch.nn.Module):
                 pair_type[b, a] = k
                 k += 1
         self.register_buffer("pair_type", pair_type)
+        n_shells = len(params["angular_shifts"])  # type: ignore[arg-type]
+        n_factors = len(zeta_grid)
+        spread_shell = torch.zeros(n_shells, n_shells * n_factors)
+        spread_factor = torch.zeros(n_factors, n_shells * n_factors)
+        for s in range(n_shells):
+            for c in range(n_factors):
+                spread_shell[s, s * n_factors + c] = 1.0
+                spread_factor[c, s * n_factors + c] = 1.0
+        self.register_buffer("spread_shell", spread_shell, persistent=False)
+        self.register_buffer("spread_factor", spread_factor, persistent=False)
         # the unordered element pairs (a <= b) in pair_type order, and 1/2 where a == b (the ordered
         # sum over j != k of like neighbours counts each pair twice)
         first = [a for a in range(n_species) for b in range(a, n_species)]
@@ -354,7 +364,9 @@ class SymmetryFunctions(torch.nn.Module):
         rad = torch.exp(-self.angular_eta * ((0.5 * (adist[pa] + adist[pb])).unsqueeze(-1) - ashifts) ** 2)
         rad = rad * (fc_a[pa] * fc_a[pb]).unsqueeze(-1)
         factors = torch.stack(self._angular_factors(cos_t), dim=-1)
-        terms = (rad.unsqueeze(-1) * factors.unsqueeze(-2)).reshape(rad.shape[0], self.n_angular)
+        # terms[t, s * C + c] = rad[t, s] * factors[t, c], each operand spread by a one-hot matrix
+        # product: contiguous and ~1.7x faster (with its backward) than a broadcast outer product
+        terms = torch.matmul(rad, self.spread_shell.to(dtype)) * torch.matmul(factors, self.spread_factor.to(dtype))
         ptype = self.pair_type[species[aj[pa]], species[aj[pb]]]
         angular = torch.zeros(n_atoms * self.n_pairs, self.n_angular, dtype=dtype, device=avec.device)
         angular = angular.index_add(0, center * self.n_pairs + ptype, terms)
