@@ -1,8 +1,8 @@
 """Helpers shared by the hybridpot benchmarks.
 
 - :func:`water_box`: a deterministic amber14/TIP3P water box of about a requested number of atoms
-- :func:`time_classical`: ms/step of the classical reference (amber14/TIP3P, PME 0.9 nm, rigid
-  water, 2 fs) on an OpenMM platform, after warm-up
+- :class:`ClassicalRunner`, :func:`time_classical`: the classical reference (amber14/TIP3P, PME
+  0.9 nm, rigid water, 2 fs) on an OpenMM platform, stepped on demand or timed after warm-up
 - :func:`time_calls`, :func:`time_calls_with_cpu`: per-call wall (and CPU) times, after warm-up
 - :func:`fit_power_law`: scaling exponent from (size, time) points
 - :func:`run_isolated`: run one benchmark case in a fresh process (memory, crashes, timeouts)
@@ -148,6 +148,69 @@ def time_calls_with_cpu(
     return wall, cpu
 
 
+class ClassicalRunner:
+    """The classical reference, set up once and stepped on demand.
+
+    amber14/TIP3P with PME (0.9 nm), rigid water, 2 fs LangevinMiddleIntegrator on ``platform``
+    (``threads``: the CPU platform's thread count; OpenMM's default is all cores), after a short
+    minimisation (the tiled box has a few close contacts at its faces) and ``warmup_steps``.
+    ``run(steps)`` returns (wall s, process CPU s) for that many steps; ``steps_for(seconds)`` is the
+    step count of about that long, from a 10-step probe.
+    """
+
+    def __init__(self, box: WaterBox, *, platform: str = "CPU", threads: Optional[int] = None,
+                 warmup_steps: int = 20, minimize: bool = True):
+        import openmm
+        import openmm.app as app
+        import openmm.unit as unit
+
+        start = time.perf_counter()
+        self.box = box
+        self.platform = platform
+        system = classical_forcefield().createSystem(
+            box.topology,
+            nonbondedMethod=app.PME,
+            nonbondedCutoff=CLASSICAL_CUTOFF_NM * unit.nanometer,
+            constraints=app.HBonds,
+            rigidWater=True,
+        )
+        self.integrator = openmm.LangevinMiddleIntegrator(
+            300 * unit.kelvin, 1.0 / unit.picosecond, CLASSICAL_TIMESTEP_PS * unit.picosecond
+        )
+        self.integrator.setRandomNumberSeed(1)
+        properties = {"Threads": str(threads)} if (threads and platform == "CPU") else {}
+        self.context = openmm.Context(system, self.integrator, openmm.Platform.getPlatformByName(platform), properties)
+        self.context.setPeriodicBoxVectors(*[openmm.Vec3(*row) * unit.nanometer for row in box.box_nm])
+        self.context.setPositions(box.positions_nm * unit.nanometer)
+        if minimize:
+            openmm.LocalEnergyMinimizer.minimize(self.context, 10.0, 50)
+        self.context.setVelocitiesToTemperature(300 * unit.kelvin, 1)
+        self.run(warmup_steps)
+        self.setup_s = time.perf_counter() - start
+        try:
+            self.threads = self.context.getPlatform().getPropertyValue(self.context, "Threads")
+        except Exception:  # platforms without a Threads property
+            self.threads = None
+
+    def run(self, steps: int) -> Tuple[float, float]:
+        self.context.getState(getEnergy=False)  # make sure previous work is finished
+        start, start_cpu = time.perf_counter(), time.process_time()
+        self.integrator.step(steps)
+        self.context.getState(getPositions=False)  # forces completion on asynchronous platforms
+        return time.perf_counter() - start, time.process_time() - start_cpu
+
+    def steps_for(self, seconds: float, minimum: int = 10) -> int:
+        probe = self.run(10)[0] / 10
+        return max(minimum, int(seconds / max(probe, 1e-6)))
+
+    def check_finite(self) -> None:
+        import openmm.unit as unit
+
+        energy = self.context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+        if not math.isfinite(energy):
+            raise RuntimeError(f"classical MD of {self.box.n_atoms} atoms blew up (potential energy {energy})")
+
+
 def time_classical(
     box: WaterBox,
     *,
@@ -158,71 +221,27 @@ def time_classical(
     minimize: bool = True,
     threads: Optional[int] = None,
 ) -> Dict[str, Any]:
-    """ms/step of amber14/TIP3P with PME (0.9 nm), rigid water, 2 fs Langevin, on ``platform``.
-
-    ``threads`` sets the CPU platform's thread count (OpenMM's default: all cores).
+    """ms/step of the classical reference (:class:`ClassicalRunner`) over ``repeats`` timed runs.
 
     The number of steps per repeat is chosen from a short probe so that one repeat lasts about
     ``seconds_per_repeat``. Returns {"ms_per_step": median wall, "ms_per_step_repeats": [...],
     "cpu_ms_per_step": median process CPU time (all threads; meaningful for CPU platforms),
     "steps_per_repeat": int, "platform": str, "threads": str or None, "setup_s": float}.
     """
-    import openmm
-    import openmm.app as app
-    import openmm.unit as unit
-
-    setup_start = time.perf_counter()
-    system = classical_forcefield().createSystem(
-        box.topology,
-        nonbondedMethod=app.PME,
-        nonbondedCutoff=CLASSICAL_CUTOFF_NM * unit.nanometer,
-        constraints=app.HBonds,
-        rigidWater=True,
-    )
-    integrator = openmm.LangevinMiddleIntegrator(
-        300 * unit.kelvin, 1.0 / unit.picosecond, CLASSICAL_TIMESTEP_PS * unit.picosecond
-    )
-    integrator.setRandomNumberSeed(1)
-    properties = {"Threads": str(threads)} if (threads and platform == "CPU") else {}
-    context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName(platform), properties)
-    context.setPeriodicBoxVectors(*[openmm.Vec3(*row) * unit.nanometer for row in box.box_nm])
-    context.setPositions(box.positions_nm * unit.nanometer)
-    if minimize:
-        # The tiled box has a few close contacts at its faces; relax them so MD is stable.
-        openmm.LocalEnergyMinimizer.minimize(context, 10.0, 50)
-    context.setVelocitiesToTemperature(300 * unit.kelvin, 1)
-
-    def run(steps: int) -> Tuple[float, float]:
-        context.getState(getEnergy=False)  # make sure previous work is finished
-        start, start_cpu = time.perf_counter(), time.process_time()
-        integrator.step(steps)
-        context.getState(getPositions=False)  # forces completion on asynchronous platforms
-        return time.perf_counter() - start, time.process_time() - start_cpu
-
-    run(warmup_steps)
-    setup_s = time.perf_counter() - setup_start
-    probe_steps = 10
-    probe = run(probe_steps)[0] / probe_steps
-    steps = max(10, int(seconds_per_repeat / max(probe, 1e-6)))
-    measured = [run(steps) for _ in range(repeats)]
+    runner = ClassicalRunner(box, platform=platform, threads=threads, warmup_steps=warmup_steps, minimize=minimize)
+    steps = runner.steps_for(seconds_per_repeat)
+    measured = [runner.run(steps) for _ in range(repeats)]
+    runner.check_finite()
     per_step = [wall / steps for wall, _ in measured]
     cpu_per_step = [cpu / steps for _, cpu in measured]
-    energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
-    if not math.isfinite(energy):
-        raise RuntimeError(f"classical MD of {box.n_atoms} atoms blew up (potential energy {energy})")
-    try:
-        used_threads = context.getPlatform().getPropertyValue(context, "Threads")
-    except Exception:  # platforms without a Threads property
-        used_threads = None
-    del context, integrator
     return {
         "ms_per_step": 1e3 * statistics.median(per_step),
         "ms_per_step_repeats": [1e3 * t for t in per_step],
         "cpu_ms_per_step": 1e3 * statistics.median(cpu_per_step),
-        "setup_s": setup_s,
+        "setup_s": runner.setup_s,
         "steps_per_repeat": steps,
         "platform": platform,
-        "threads": used_threads,
+        "threads": runner.threads,
     }
 
 
