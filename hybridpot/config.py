@@ -59,14 +59,15 @@ DEFAULT_MODEL_CONFIG: Dict[str, Any] = {
     "variance": {"enabled": False, "hidden": [32], "activation": "silu", "forces": False},
     # DFT-D3(BJ) dispersion
     # None values are chosen by periodicity: molecules get the dftd3 library's settings (60 and 40 bohr,
-    # sharp cutoff, no tail: identical to the library); periodic models an MD preset (0.8 and 0.8 nm,
-    # 0.2 nm taper, mean-field tail): on a 1482-atom water box -6e-4 kJ/mol/atom and 0.085 kJ/mol/nm
-    # RMS force error vs the library at 100 bohr, 4.8-6.2x cheaper than 1.2 nm (benchmarks/README.md)
+    # sharp cutoff, no tail: identical to the library); periodic models an MD preset (pair cutoff 0.7 nm,
+    # CN cutoff 0.5 nm, 0.2 nm taper, mean-field tail): on a 1482-atom water box -6.7e-4 kJ/mol/atom and
+    # 0.19 kJ/mol/nm RMS force error vs the library at 100 bohr (hybridpot.model.MD_D3_CUTOFF; models
+    # saved with these keys unset before 2026-12-03 used 0.8 / 0.8 nm and load with 0.7 / 0.5 nm)
     "dispersion": {
         "enabled": False,
         "functional": "pbe",
-        "cutoff": None,  # nm; None: 60 bohr (molecules) or 0.8 nm (periodic)
-        "cn_cutoff": None,  # nm; None: 40 bohr (molecules) or 0.8 nm (periodic)
+        "cutoff": None,  # nm; None: 60 bohr (molecules) or 0.7 nm (periodic)
+        "cn_cutoff": None,  # nm; None: 40 bohr (molecules) or 0.5 nm (periodic)
         "taper_width": None,  # nm; > 0 switches pair energies off smoothly; None: 0 or 0.2 nm (periodic)
         "tail_correction": None,  # mean-field energy beyond the cutoff (periodic only); None: on if periodic
     },

@@ -130,7 +130,7 @@ def test_d3_defaults_follow_periodicity():
     assert molecule_d3.cutoff == pytest.approx(60 * NM_PER_BOHR) and molecule_d3.cn_cutoff == pytest.approx(40 * NM_PER_BOHR)
     assert molecule_d3.taper_width == 0.0 and not molecule_d3.tail_correction
     periodic_d3 = d3(True)
-    assert (periodic_d3.cutoff, periodic_d3.cn_cutoff, periodic_d3.taper_width) == (0.8, 0.8, 0.2)
+    assert (periodic_d3.cutoff, periodic_d3.cn_cutoff, periodic_d3.taper_width) == (0.7, 0.5, 0.2)
     assert periodic_d3.tail_correction
     explicit = d3(True, cutoff=1.2, taper_width=0.0, tail_correction=False)
-    assert (explicit.cutoff, explicit.cn_cutoff, explicit.taper_width, explicit.tail_correction) == (1.2, 0.8, 0.0, False)
+    assert (explicit.cutoff, explicit.cn_cutoff, explicit.taper_width, explicit.tail_correction) == (1.2, 0.5, 0.0, False)

@@ -79,7 +79,7 @@ def test_pair_list_kept_between_md_steps_gives_the_fresh_energy():
         {"elements": ["H", "C", "O"], "dtype": "float64", "periodic": True, "energy_scale": 10.0,
          "behler_parrinello": {"hidden": [16]}, "charges": {"enabled": True, "hidden": [8]},
          "electrostatics": {"enabled": True, "method": "ewald", "accuracy": 1e-4}, "dispersion": {"enabled": True}}
-    )  # D3 at the periodic preset (0.8 nm): the longest cutoff, so the shared list is D3's plus the skin;
+    )  # D3 at the periodic preset (0.7 nm): the longest cutoff, so the shared list is D3's plus the skin;
     # Ewald shares PME's real-space code and is cheaper for 27 atoms
     pos, box = jittered_box(3, 0.33, seed=4)
     z = np.random.default_rng(4).choice([1, 6, 8], size=len(pos))

@@ -81,16 +81,18 @@ class BehlerParrinello(torch.nn.Module):
 
     def forward(self, species: Tensor, i: Tensor, j: Tensor, vectors: Tensor, distances: Tensor) -> Tuple[Tensor, Tensor]:
         g = self.descriptor(species, i, j, vectors, distances)
-        g = (g - self.desc_mean[species].to(g.dtype)) / self.desc_std[species].to(g.dtype)
+        mean = self.desc_mean.index_select(0, species).to(g.dtype)
+        g = (g - mean) / self.desc_std.index_select(0, species).to(g.dtype)
         n_atoms = species.shape[0]
         energies = torch.zeros(n_atoms, dtype=g.dtype, device=g.device)
         features = torch.zeros(n_atoms, self.n_features, dtype=g.dtype, device=g.device)
         for k, net in enumerate(self.nets):
             idx = torch.nonzero(species == k).squeeze(-1)
             if idx.numel() > 0:
-                e, h = net(g[idx])
-                energies = energies.index_put((idx,), e)
-                features = features.index_put((idx,), h)
+                # index_select / index_copy: cheaper backward passes than g[idx] / index_put
+                e, h = net(g.index_select(0, idx))
+                energies = energies.index_copy(0, idx, e)
+                features = features.index_copy(0, idx, h)
         return energies, features
 
 

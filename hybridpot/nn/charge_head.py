@@ -41,13 +41,13 @@ class ChargeHead(torch.nn.Module):
 
     def forward(self, features: Tensor, species: Tensor, group: Tensor, group_charge: Tensor) -> Tensor:
         out = self.mlp(features)
-        raw = out[:, 0] + self.baseline.to(out.dtype)[species]
+        raw = out[:, 0] + self.baseline.to(out.dtype).index_select(0, species)
         weight = torch.nn.functional.softplus(out[:, 1]) + 1e-3
         n_groups = group_charge.shape[0]
         total = torch.zeros(n_groups, dtype=raw.dtype, device=raw.device).index_add(0, group, raw)
         weight_sum = torch.zeros(n_groups, dtype=raw.dtype, device=raw.device).index_add(0, group, weight)
         excess = (group_charge.to(raw.dtype) - total) / weight_sum
-        return raw + weight * excess[group]
+        return raw + weight * excess.index_select(0, group)
 
 
 def dipole_moment(positions: Tensor, charges: Tensor, batch: Tensor, n_frames: int) -> Tensor:
@@ -62,7 +62,7 @@ def dipole_moment(positions: Tensor, charges: Tensor, batch: Tensor, n_frames: i
     )
     centre = torch.zeros(n_frames, 3, dtype=positions.dtype, device=positions.device).index_add(0, batch, positions)
     centre = centre / counts.unsqueeze(-1)
-    rel = positions - centre[batch]
+    rel = positions - centre.index_select(0, batch)
     return torch.zeros(n_frames, 3, dtype=positions.dtype, device=positions.device).index_add(
         0, batch, charges.unsqueeze(-1) * rel
     )

@@ -145,9 +145,8 @@ def neighbour_slots(i: Tensor, n_atoms: int) -> Tuple[Tensor, int]:
     k = int(counts.max())
     order = torch.argsort(i, stable=True)
     first = torch.cumsum(counts, 0) - counts
-    rank = torch.empty_like(i).index_copy_(
-        0, order, torch.arange(n_pairs, dtype=i.dtype, device=i.device) - first[i[order]]
-    )
+    ranked = torch.arange(n_pairs, dtype=i.dtype, device=i.device) - first.index_select(0, i.index_select(0, order))
+    rank = torch.empty_like(i).index_copy_(0, order, ranked)
     return i * k + rank, k
 
 
