@@ -164,7 +164,7 @@ class PaiNNMessage(torch.nn.Module):
         # sum_j (r_ij / |r_ij|) (x_vs)_ij as one (3, K) @ (K, F) product per atom: no (P, 3, F)
         # outer product forward, and no two reductions of (P, 3, F) tensors backward.
         k = unit_table.shape[2]
-        table = torch.zeros((n * k, f), dtype=s.dtype, device=s.device).index_put_((slots,), x_vs)
+        table = torch.zeros((n * k, f), dtype=s.dtype, device=s.device).index_copy(0, slots, x_vs)
         dv = torch.bmm(unit_table, table.view(n, k, f))
         if v_term is not None:
             dv = dv.view(n, 3 * f).index_add(0, i, v_term.view(-1, 3 * f)).view(n, 3, f)
@@ -306,7 +306,7 @@ class PaiNN(torch.nn.Module):
         slots, k = neighbour_slots(i, n)
         unit_table: Optional[Tensor] = None
         if n * k <= self.max_padding * i.shape[0]:
-            table = torch.zeros((n * k, 3), dtype=unit.dtype, device=unit.device).index_put_((slots,), unit)
+            table = torch.zeros((n * k, 3), dtype=unit.dtype, device=unit.device).index_copy(0, slots, unit)
             unit_table = table.view(n, k, 3).transpose(1, 2)
         v: Optional[Tensor] = None  # all zero before the first message
         for layer in self.layers:

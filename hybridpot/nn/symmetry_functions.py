@@ -311,9 +311,9 @@ class SymmetryFunctions(torch.nn.Module):
         slots, k = neighbour_slots(target, n_targets)
         if n_targets * k <= self.max_padding * target.shape[0]:
             shell_table = torch.zeros(n_targets * k, n_shells, dtype=dtype, device=avec.device)
-            shell_table = shell_table.index_put((slots,), shell).view(n_targets, k, n_shells)
+            shell_table = shell_table.index_copy(0, slots, shell).view(n_targets, k, n_shells)
             mono_table = torch.zeros(n_targets * k, n_mono, dtype=dtype, device=avec.device)
-            mono_table = mono_table.index_put((slots,), mono).view(n_targets, k, n_mono)
+            mono_table = mono_table.index_copy(0, slots, mono).view(n_targets, k, n_mono)
             moments = torch.bmm(shell_table.transpose(1, 2), mono_table)
         else:
             values = (shell.unsqueeze(-1) * mono.unsqueeze(1)).reshape(shell.shape[0], n_shells * n_mono)
@@ -346,9 +346,9 @@ class SymmetryFunctions(torch.nn.Module):
         shell = shell * fc_a.unsqueeze(-1)  # (P, S)
         # radial table (N, K, species * S): each neighbour's shells in its element's block, zeros elsewhere
         table = torch.zeros(n_atoms * k * self.n_species, n_shells, dtype=dtype, device=avec.device)
-        table = table.index_put((slots * self.n_species + species.index_select(0, aj),), shell)
+        table = table.index_copy(0, slots * self.n_species + species.index_select(0, aj), shell)
         table = table.view(n_atoms, k, self.n_species * n_shells)
-        units = torch.zeros(n_atoms * k, 3, dtype=dtype, device=avec.device).index_put((slots,), unit)
+        units = torch.zeros(n_atoms * k, 3, dtype=dtype, device=avec.device).index_copy(0, slots, unit)
         units = units.view(n_atoms, k, 3)
         cos_t = torch.bmm(units, units.transpose(1, 2))  # (N, K, K); padded rows and columns are 0
         off_diagonal = 1.0 - torch.eye(k, dtype=dtype, device=avec.device)

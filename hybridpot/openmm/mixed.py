@@ -73,7 +73,7 @@ class MLRegionModule(OpenMMModule):
             cell: Optional[Tensor] = None
             if box is not None:
                 cell = box.to(pos.dtype).unsqueeze(0)
-            ml_q = torch.zeros_like(self.mm_charges).index_put((self.atoms,), out["charges"])
+            ml_q = torch.zeros_like(self.mm_charges).index_copy(0, self.atoms, out["charges"])
             plus = embedding(pos, self.mm_charges + ml_q, cell, self.all_ptr)
             minus = embedding(pos, self.mm_charges - ml_q, cell, self.all_ptr)
             energy = energy + 0.5 * (plus - minus).sum().to(energy.dtype)
