@@ -214,11 +214,6 @@ class SymmetryFunctions(torch.nn.Module):
         for m, e in enumerate(exponents):
             by_degree[m, sum(e)] = 1.0
         self.register_buffer("mono_degree", by_degree, persistent=False)
-        pick = torch.zeros(3, degree + 1, len(exponents))
-        for m, e in enumerate(exponents):
-            for axis in range(3):
-                pick[axis, e[axis], m] = 1.0
-        self.register_buffer("mono_pick", pick, persistent=False)
         coefficients = torch.zeros(degree + 1, len(zeta_grid))
         if self.use_moments:
             for c, (zeta, lam) in enumerate(zip(zeta_grid, lambda_grid)):
@@ -297,13 +292,17 @@ class SymmetryFunctions(torch.nn.Module):
         fc_a = cutoff_function(adist, self.angular_cutoff, self.cutoff_kind)
         shell = gaussian(self.angular_eta * (adist.unsqueeze(-1) - self.angular_shifts.to(dtype)) ** 2)
         shell = shell * fc_a.unsqueeze(-1)  # (P, S)
-        powers: List[Tensor] = [torch.ones_like(unit)]
-        for _ in range(self.max_degree):
-            powers.append(powers[-1] * unit)
-        power = torch.stack(powers, dim=-1)  # (P, 3, degree + 1)
-        # x^a y^b z^c of every monomial; one-hot matrix products gather faster (and backward) than indexing
-        pick = self.mono_pick.to(dtype)  # (3, degree + 1, M)
-        mono = torch.matmul(power[:, 0], pick[0]) * torch.matmul(power[:, 1], pick[1]) * torch.matmul(power[:, 2], pick[2])
+        # x^a y^b z^c of every monomial, degree by degree in the order of the exponent list: degree n
+        # is x times all of degree n - 1, then y times those without x (the last n), then z^n
+        x = unit[:, 0:1]
+        y = unit[:, 1:2]
+        z = unit[:, 2:3]
+        block = unit
+        blocks: List[Tensor] = [torch.ones_like(x), unit]
+        for n in range(2, self.max_degree + 1):
+            block = torch.cat([block * x, block[:, block.shape[1] - n:] * y, block[:, block.shape[1] - 1:] * z], dim=1)
+            blocks.append(block)
+        mono = torch.cat(blocks, dim=1)  # (P, M)
         target = ai * self.n_species + species.index_select(0, aj)
         n_targets = n_atoms * self.n_species
         # moments[t] = sum over the pairs p of target t of shell_p (outer) mono_p: as one batched matrix
