@@ -458,3 +458,31 @@ def test_input_errors():
         Electrostatics("direct")(torch.tensor(pos), torch.tensor(q), None, torch.tensor([0, 3]))
     with pytest.raises(ValueError, match="PME mesh .* exceeds"):
         coulomb_energy(pos, q, box, method="pme", accuracy=1e-10, cutoff=0.05)
+
+
+@pytest.mark.parametrize("order", [3, 4, 5])
+def test_pme_charge_assignment_matches_torchpme_bsplines(order):
+    """Our B-spline charge assignment equals torch-pme's MeshInterpolator (P3M = cardinal B-splines) in a
+    triclinic cell. Ours weights mesh point g by M_p(u - g) (support [0, p]), torch-pme by the same spline
+    centred on the atom, so its mesh is ours for positions shifted by p/2 mesh cells."""
+    from torchpme.lib import MeshInterpolator
+
+    from hybridpot.physics.electrostatics import PMEReciprocal
+
+    rng = np.random.default_rng(order)
+    box = torch.tensor([[1.9, 0.0, 0.0], [0.3, 2.1, 0.0], [-0.2, 0.4, 1.7]], dtype=F64)
+    mesh = [12, 15, 10]
+    fractions = torch.tensor(rng.uniform(0.0, 1.0, size=(23, 3)), dtype=F64)
+    positions = fractions @ box
+    charges = torch.tensor(rng.normal(size=23), dtype=F64)
+
+    pme = PMEReciprocal(order)
+    flat, weights = pme.assignment(positions, box, mesh)
+    assert torch.allclose(weights.sum(0), torch.ones(23, dtype=F64), atol=1e-12)  # partition of unity
+    ours = torch.zeros(mesh[0] * mesh[1] * mesh[2], dtype=F64).index_add(0, flat, (weights * charges).reshape(-1))
+
+    shift = 0.5 * order / torch.tensor(mesh, dtype=F64)  # p/2 mesh cells along each lattice vector
+    reference = MeshInterpolator(cell=box, ns_mesh=torch.tensor(mesh), interpolation_nodes=order, method="P3M")
+    reference.compute_weights((fractions - shift) @ box)
+    theirs = reference.points_to_mesh(charges.unsqueeze(1))[0].reshape(-1)
+    assert torch.allclose(ours, theirs, atol=1e-12, rtol=0.0)

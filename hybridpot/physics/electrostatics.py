@@ -41,7 +41,7 @@ uses Lagrange interpolation (continuous energy, discontinuous forces) rather tha
 """
 
 import math
-from typing import Dict, Final, List, Optional, Union
+from typing import Dict, Final, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -189,6 +189,28 @@ class PMEReciprocal(torch.nn.Module):
             data = new
         return torch.stack(data, dim=0)
 
+    def assignment(self, positions: Tensor, box: Tensor, mesh: List[int]) -> Tuple[Tensor, Tensor]:
+        """Charge assignment of each atom: flat mesh indices (order^3 * N,) and weights (order^3, N).
+
+        Atom a puts charge q_a * weights[m, a] on mesh point flat[m * N + a] (index (i0 * n1 + i1) * n2
+        + i2); the weights are products of cardinal B-splines M_order(u - g) along each lattice vector,
+        u the atom's fractional mesh coordinate and g a mesh point within order of it.
+        """
+        n_atoms = positions.shape[0]
+        n_nodes = self.order * self.order * self.order
+        ns = torch.tensor(mesh, dtype=torch.long, device=positions.device)
+        # fractional mesh coordinates (positions = fractions @ box, lattice vectors as rows)
+        u = torch.matmul(positions, torch.linalg.inv(box)) * ns.to(positions.dtype)
+        base = torch.floor(u.detach())
+        weights = self._weights(u - base)  # (order, N, 3)
+        nodes = (base.to(torch.long).unsqueeze(0) + self.node_offsets.view(-1, 1, 1)) % ns  # (order, N, 3)
+        nx, ny, nz = nodes.unbind(dim=2)
+        wx, wy, wz = weights.unbind(dim=2)
+        flat = (nx.unsqueeze(1).unsqueeze(1) * mesh[1] + ny.unsqueeze(1).unsqueeze(0)) * mesh[2]
+        flat = (flat + nz.unsqueeze(0).unsqueeze(0)).reshape(n_nodes * n_atoms)
+        w3 = wx.unsqueeze(1).unsqueeze(1) * wy.unsqueeze(1).unsqueeze(0) * wz.unsqueeze(0).unsqueeze(0)
+        return flat, w3.reshape(n_nodes, n_atoms)
+
     def _structure_factor_sq(self, n: int, m: Tensor) -> Tensor:
         """|sum_j M(j) exp(2 pi i m j / n)|^2 for integer frequencies ``m`` of an n-point axis."""
         half = self.order // 2
@@ -203,18 +225,7 @@ class PMEReciprocal(torch.nn.Module):
         dtype = positions.dtype
         ns = torch.tensor(mesh, dtype=torch.long, device=device)
         n_atoms = positions.shape[0]
-        n_nodes = self.order * self.order * self.order
-        # fractional mesh coordinates (positions = fractions @ box, lattice vectors as rows)
-        u = torch.matmul(positions, torch.linalg.inv(box)) * ns.to(dtype)
-        base = torch.floor(u.detach())
-        weights = self._weights(u - base)  # (order, N, 3)
-        nodes = (base.to(torch.long).unsqueeze(0) + self.node_offsets.view(-1, 1, 1)) % ns  # (order, N, 3)
-        nx, ny, nz = nodes.unbind(dim=2)
-        wx, wy, wz = weights.unbind(dim=2)
-        flat = (nx.unsqueeze(1).unsqueeze(1) * mesh[1] + ny.unsqueeze(1).unsqueeze(0)) * mesh[2]
-        flat = (flat + nz.unsqueeze(0).unsqueeze(0)).reshape(n_nodes * n_atoms)  # (order^3 * N,) nodes a, b, c
-        w3 = wx.unsqueeze(1).unsqueeze(1) * wy.unsqueeze(1).unsqueeze(0) * wz.unsqueeze(0).unsqueeze(0)
-        w3 = w3.reshape(n_nodes, n_atoms)
+        flat, w3 = self.assignment(positions, box, mesh)
         n_points = mesh[0] * mesh[1] * mesh[2]
         rho = torch.zeros(n_points, dtype=dtype, device=device).index_add(0, flat, (w3 * charges).reshape(-1))
         rho = rho.view(1, mesh[0], mesh[1], mesh[2])
@@ -235,7 +246,7 @@ class PMEReciprocal(torch.nn.Module):
         # Unnormalised transforms both ways: phi(g) = sum_m G(m) rho_hat(m) exp(2 pi i m.g / n).
         rho_hat = torch.fft.rfftn(rho, dim=(1, 2, 3), norm="backward")
         phi = torch.fft.irfftn(rho_hat * (green / bspline), s=mesh, dim=(1, 2, 3), norm="forward")
-        potential = (phi.reshape(n_points).index_select(0, flat).view(n_nodes, n_atoms) * w3).sum(0)
+        potential = (phi.reshape(n_points).index_select(0, flat).view(w3.shape[0], n_atoms) * w3).sum(0)
         volume = torch.abs(torch.linalg.det(box))
         return (0.5 * self.coulomb / volume) * (charges * potential).sum()
 
