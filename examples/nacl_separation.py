@@ -50,23 +50,23 @@ Run
 Outputs (default ``examples_out/nacl_separation/``): ``train.xyz`` (nm, kJ/mol; charges = formal),
 ``elec/`` and ``cutoff/`` (training runs with model.pt), ``separation.csv``, ``separation.png``.
 
-Expected output (measured 2026-11-21, 2 shared CPU cores, OMP_NUM_THREADS=1)
+Expected output (measured 2026-12-03, 2 shared CPU cores, OMP_NUM_THREADS=1)
 ------------------------------------------------------------------------------
-Default run (195 of 200 frames labelled, 1 min training per model), 2.3 min in all:
+Default run (195 of 200 frames labelled, 1 min training per model: 81 and 229 epochs), 2.4 min in all:
 
      r(nm)    oracle  q_Na(QM)  with elec  cutoff only  -138.935/r
-      0.21   -455.05     0.674    -457.46      -175.50     -661.60
-      0.24   -457.42     0.640    -457.37      -177.90     -578.90
-      0.30   -411.41     0.595    -411.39      -131.91     -463.12
-      0.40   -332.84     0.549    -333.25       -53.31     -347.34
-      0.50   -277.99     0.522    -277.87        +0.00     -277.87
+      0.21   -455.72     0.674    -458.16      -175.07     -661.60
+      0.24   -458.09     0.640    -459.21      -177.41     -578.90
+      0.30   -412.08     0.595    -413.03      -131.48     -463.12
+      0.40   -333.51     0.549    -333.70       -53.05     -347.34
+      0.50   -278.66     0.522    -277.87        +0.00     -277.87
       1.00       n/a     0.456    -138.94        +0.00     -138.94
       3.00       n/a     0.413     -46.31        +0.00      -46.31
     minimum: oracle at 0.22 nm, electrostatic model at 0.22 nm, cutoff only at 0.22 nm
-    ion-pair binding energy E(min) - E(separated ions): with elec -462.0, cutoff only -181.8 kJ/mol;
-      the cutoff-only model misses -280.2 kJ/mol, the Coulomb energy of +1/-1 at its cutoff (-277.9)
-    RMSE vs oracle after removing the mean, 0.2-0.53 nm: with elec 1.4, cutoff only 2.6 kJ/mol;
-      near and beyond the cutoff (0.45-0.53 nm): with elec 2.2, cutoff only 5.0 kJ/mol
+    ion-pair binding energy E(min) - E(separated ions): with elec -462.7, cutoff only -181.3 kJ/mol;
+      the cutoff-only model misses -281.3 kJ/mol, the Coulomb energy of +1/-1 at its cutoff (-277.9)
+    RMSE vs oracle after removing the mean, 0.2-0.53 nm: with elec 1.5, cutoff only 2.8 kJ/mol;
+      near and beyond the cutoff (0.45-0.53 nm): with elec 2.5, cutoff only 5.2 kJ/mol
     beyond the cutoff the electrostatic model is -138.935/r to 7.1e-07 kJ/mol
 
 The learned Na charge is +1.000 e even without the fragment constraint; fixing it changes the energy

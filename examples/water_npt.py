@@ -32,21 +32,23 @@ Run
 Outputs (default ``examples_out/water_npt/``): ``model/`` (training run: model.pt, metrics.csv, plots),
 ``md/`` (trajectory.dcd, state.csv, minimized.pdb, final.pdb), ``density.png``.
 
-Expected output (measured 2026-11-21, 2 shared CPU cores, OMP_NUM_THREADS=1)
+Expected output (measured 2026-12-03, 2 shared CPU cores, OMP_NUM_THREADS=1)
 ------------------------------------------------------------------------------
-Default run (Behler-Parrinello; 2 min training = 119 epochs on 20 frames; 4000 steps = 2 ps NPT),
-3.8 min in all:
+Default run (Behler-Parrinello with the default product-form angular functions; 2 min training =
+166 epochs on 20 frames; 4000 steps = 2 ps NPT), 3.1 min in all:
 
-    trained 119 epochs (time_budget) on 20 frames: validation force MAE 36.7 kJ/mol/nm, energy MAE 0.045 kJ/mol/atom
-    NPT MD (torchforce, CPU): 4000 steps of 0.5 fs = 2 ps, 25.4 ms/step, 1.70 ns/day
-    density: 1.007 g/cm3 at the first report, 1.005 at the end, mean 1.051 +/- 0.025 over the second half (experiment 0.997)
-    potential energy: -853197.1 kJ/mol before minimisation, mean -852911.9 over the second half; temperature 302 K
+    trained 166 epochs (time_budget) on 20 frames: validation force MAE 36.1 kJ/mol/nm, energy MAE 0.027 kJ/mol/atom
+    NPT MD (torchforce, CPU): 4000 steps of 0.5 fs = 2 ps, 14.5 ms/step, 2.97 ns/day
+    density: 0.994 g/cm3 at the first report, 0.981 at the end, mean 0.998 +/- 0.019 over the second half (experiment 0.997)
+    potential energy: -853193.8 kJ/mol before minimisation, mean -852958.4 over the second half; temperature 301 K
 
-With ``--seed 1``: density 0.998 -> 1.104 g/cm3 (mean 1.094 over the second half), 294 K.
-``--angular-form product`` (seeds 0, 1, 2: 202-204 epochs, validation force MAE 33.6-35.3 kJ/mol/nm,
-14.7-15.5 ms/step, 2.8-3.0 ns/day): seeds 1 and 2 ran 2 ps (density 1.00 -> 1.09 and 0.99 -> 1.10,
-297 and 304 K); seed 0 blew up after 0.6 ps (the box had compressed to 1.11 g/cm3; the temperature then
-rose to 10^5 K). 20 frames do not make a robust model either way.
+Seeds 3, 4, 5 (151-168 epochs, validation force MAE 33.5-36.3 kJ/mol/nm, 15.4-16.2 ms/step): density
+1.00 -> 1.07, 1.01 -> 1.10 and 1.00 -> 0.99 g/cm3. On 2026-11-21 one product-form run of seed 0 (202
+epochs) blew up after 0.6 ps (the box had compressed to 1.11 g/cm3, then the temperature rose to
+10^5 K); retrained on 2026-12-03 the same seed ran 2 ps. 20 frames do not make a robust model.
+``--angular-form mean`` (the default before 2026-12-03; seeds 0, 3, 4: 123-138 epochs, validation
+force MAE 35.4-36.7 kJ/mol/nm, 23.0-27.9 ms/step, 1.6-1.9 ns/day): all ran 2 ps, density 1.00 -> 1.05,
+1.01 -> 1.14 and 1.00 -> 1.13 g/cm3.
 
 ``--pme`` (60 epochs, validation force MAE 38.4 kJ/mol/nm, energy MAE 0.25 kJ/mol/atom), 5.2 min:
 44.1 ms/step, 0.98 ns/day, density 1.009 -> 0.976 g/cm3 (mean 0.976 +/- 0.011 over the second half),
@@ -87,9 +89,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=2.0, help="training time budget, minutes (default: %(default)s)")
     parser.add_argument("--architecture", choices=("behler_parrinello", "painn"), default="behler_parrinello",
                         help="short-range network (default: %(default)s; see the docstring)")
-    parser.add_argument("--angular-form", choices=("mean", "product"), default="mean",
-                        help="Behler-Parrinello angular symmetry functions (default: %(default)s; product is ~1.7x "
-                        "faster here, see the docstring)")
+    parser.add_argument("--angular-form", choices=("mean", "product"), default="product",
+                        help="Behler-Parrinello angular symmetry functions (default: %(default)s, the package's "
+                        "default; mean is ~1.6x slower here, see the docstring)")
     parser.add_argument("--pme", action="store_true", help="add NN charges and PME electrostatics to the model")
     parser.add_argument("--energy-weight", type=float, default=None,
                         help="training.energy_weight (default: 1, or 100 with --pme: see the docstring)")

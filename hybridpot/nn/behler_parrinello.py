@@ -57,7 +57,7 @@ class BehlerParrinello(torch.nn.Module):
         hidden: List[int] | None = None,
         activation: str = "silu",
         cutoff_function: str = "cosine",
-        angular_form: str = "mean",
+        angular_form: str = "product",
     ):
         super().__init__()
         hidden = [64, 64] if hidden is None else list(hidden)

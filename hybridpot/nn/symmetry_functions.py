@@ -9,12 +9,7 @@ neighbours j < k (j in Z1, k in Z2 or the other way round) inside the angular cu
 factor is Behler's G4/G5 polynomial in cos(theta) (no arccos, so forces are smooth even for linear
 triplets). Two radial forms (``angular_form``):
 
-- ``"mean"`` (default): ANI-style shells on the mean distance, listing every triplet:
-
-      GA_{i,(Z1,Z2),s,(zeta,lam)} = 2^(1-zeta) sum_{j<k} (1 + lam cos theta_jik)^zeta
-                                    exp(-eta_A ((r_ij + r_ik)/2 - R_s)^2) f_c(r_ij) f_c(r_ik)
-
-- ``"product"``: one shifted Gaussian per leg, Behler's G5 with shells,
+- ``"product"`` (default since 2026-12-03): one shifted Gaussian per leg, Behler's G5 with shells,
 
       GA_{i,(Z1,Z2),s,(zeta,lam)} = 2^(1-zeta) sum_{j<k} (1 + lam cos theta_jik)^zeta R_s(r_ij) R_s(r_ik),
       R_s(r) = exp(-eta_A (r - R_s)^2) f_c(r)
@@ -22,18 +17,28 @@ triplets). Two radial forms (``angular_form``):
   It factorises over j and k: with integer zetas, (1 + lam cos)^zeta is a polynomial in cos and
   cos_jk^l a sum over monomials of the unit vectors, so everything follows from per-atom moments
   sum_j R_s(r_ij) u_ij^m (one batched matrix product over padded per-atom tables), without listing
-  triplets; other zetas use the Gram matrix of the unit vectors. Measured on water (2026-11-21, 1
-  thread): MD of 64 waters 14.7-15.5 ms/step vs 25.4 for the mean form; rMD17 ethanol test force MAE
-  23.1 meV/A in 10 minutes of training (mean form: 26.7 in 8). In float32 the alternating binomial
-  sums cost precision: the worst descriptor's float32 error is 1.7e-4 of its spread (mean form 2e-5;
-  moments in float64 only brought it to 1.1e-4: the sums amplify the rounding of float32 positions).
-  It is not the default because in 2-ps NPT runs of water with models trained on 20 frames one run
-  of three blew up (at 0.6 ps) where the mean form ran all three; with so little data that may be
-  chance, but the mean form has the longer record. In 10-ps NVT runs of ethanol at 500 K with
-  models trained 8 minutes on rMD17 (2026-12-02), the product form kept 3 of 4 seeds intact (one broke
-  apart at 3.75 ps), the mean form 3 of 3. At 2685 atoms the full hybrid TorchForce step costs 19.4x
-  classical TIP3P with the product form and 26.1x with the mean form (2026-12-03,
-  ``benchmarks/README.md``).
+  triplets; other zetas use the Gram matrix of the unit vectors.
+
+- ``"mean"``: ANI-style shells on the mean distance, listing every triplet (the default until
+  2026-12-03; models saved before the key existed load with it):
+
+      GA_{i,(Z1,Z2),s,(zeta,lam)} = 2^(1-zeta) sum_{j<k} (1 + lam cos theta_jik)^zeta
+                                    exp(-eta_A ((r_ij + r_ik)/2 - R_s)^2) f_c(r_ij) f_c(r_ik)
+
+Why the product form is the default (measurements in ``benchmarks/README.md``):
+
+- speed: the full hybrid model (BP + NN charges + PME + D3) in OpenMM's TorchForce at 2685 water atoms,
+  CPU, 1 thread: 13.4x the classical amber14/TIP3P step with the product form, 20.7x with the mean
+  form (2026-12-03; the issue's target is 20x). MD of 64 waters (short-range model): 15-16 ms/step vs
+  26-28.
+- accuracy: rMD17 ethanol test force MAE after 8 minutes of training 23.9 meV/A (mean: 21.0);
+  64-water validation force MAE in 2-minute trainings 33.5-36.3 kJ/mol/nm (mean 35.4-36.7).
+- stability, with models trained on small data: rMD17 ethanol NVT at 500 K for 10 ps, 15 of 16 seeds
+  intact (one broke apart at 3.75 ps; mean form 8 of 8); water NPT for 2 ps (``examples/water_npt.py``),
+  6 of 7 runs (one blow-up at 0.6 ps that did not recur when the same seed was retrained; mean 7 of 7).
+- precision: in float32 the alternating binomial sums cost precision: the worst descriptor's float32
+  error is 1.7e-4 of its spread (mean form 2e-5; moments in float64 only brought it to 1.1e-4: the
+  sums amplify the rounding of float32 positions). Use ``dtype: float64`` where that matters.
 
 All sums run over neighbours inside the respective cutoff, so every term is invariant to rotation,
 translation and permutation of like atoms, and vanishes smoothly at the cutoff.
@@ -137,7 +142,7 @@ class SymmetryFunctions(torch.nn.Module):
     cutoff: radial cutoff, nm
     params: dict as returned by :func:`default_parameters`
     cutoff_function: "cosine" or "polynomial"
-    angular_form: "mean" (default) or "product", see the module docstring
+    angular_form: "product" (default) or "mean", see the module docstring
     """
 
     def __init__(
@@ -146,7 +151,7 @@ class SymmetryFunctions(torch.nn.Module):
         cutoff: float,
         params: Dict[str, object],
         cutoff_function: str = "cosine",
-        angular_form: str = "mean",
+        angular_form: str = "product",
     ):
         super().__init__()
         if angular_form not in ANGULAR_FORMS:
