@@ -50,9 +50,10 @@ epochs) blew up after 0.6 ps (the box had compressed to 1.11 g/cm3, then the tem
 force MAE 35.4-36.7 kJ/mol/nm, 23.0-27.9 ms/step, 1.6-1.9 ns/day): all ran 2 ps, density 1.00 -> 1.05,
 1.01 -> 1.14 and 1.00 -> 1.13 g/cm3.
 
-``--pme`` (60 epochs, validation force MAE 38.4 kJ/mol/nm, energy MAE 0.25 kJ/mol/atom), 5.2 min:
-44.1 ms/step, 0.98 ns/day, density 1.009 -> 0.976 g/cm3 (mean 0.976 +/- 0.011 over the second half),
-temperature 306 K.
+With ``--seed 1`` (190 epochs, validation force MAE 34.1 kJ/mol/nm): 3.54 ns/day, density 0.995 ->
+1.069 g/cm3 (mean 1.022 +/- 0.024 over the second half).
+``--pme`` (84 epochs, validation force MAE 33.6 kJ/mol/nm, energy MAE 0.020 kJ/mol/atom), 4.0 min:
+27.4 ms/step, 1.57 ns/day, density 1.000 -> 0.921 g/cm3 (mean 0.998 +/- 0.028 over the second half).
 ``--architecture painn`` (57 epochs, validation force MAE 56.6 kJ/mol/nm), 4.0 min: 27.5 ms/step,
 1.57 ns/day, density 0.991 -> 1.209 g/cm3 (mean 1.163 +/- 0.040 over the second half): the box
 contracts by 15-20% within 2 ps and is still drifting.
