@@ -1,6 +1,7 @@
 """Symmetry functions equal their defining formulas evaluated by a naive loop over neighbours."""
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -153,3 +154,15 @@ def test_moment_paths_agree_and_have_second_derivatives():
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(results[0][0].numpy(), naive(pos, species.numpy(), 2, 0.5, p), rtol=1e-10, atol=1e-12)
+
+
+def test_gaussian_cap_is_max_exponent():
+    """The cap hard-coded in ``gaussian`` (TorchScript takes no float globals) is the documented
+    MAX_EXPONENT, a normal float32, and exponents below it are untouched."""
+    from hybridpot.nn.symmetry_functions import MAX_EXPONENT, gaussian
+
+    exponents = torch.tensor([0.0, 3.5, MAX_EXPONENT - 1.0, MAX_EXPONENT, 1e4], dtype=torch.float64)
+    expected = torch.exp(-torch.tensor([0.0, 3.5, MAX_EXPONENT - 1.0, MAX_EXPONENT, MAX_EXPONENT], dtype=torch.float64))
+    assert torch.equal(gaussian(exponents), expected)
+    assert torch.equal(torch.jit.script(gaussian)(exponents), expected)
+    assert math.exp(-MAX_EXPONENT) > torch.finfo(torch.float32).tiny
