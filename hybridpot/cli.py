@@ -171,7 +171,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_md(args: argparse.Namespace) -> int:
-    from hybridpot.openmm.md import SimulationUnstable, run_md
+    from hybridpot.openmm.md import FINAL_FILE, SimulationUnstable, run_md
     from hybridpot.openmm.reporters import ExtrapolationError
 
     try:
@@ -189,6 +189,10 @@ def _cmd_md(args: argparse.Namespace) -> int:
     except ExtrapolationError as exc:
         print(f"hybridpot md: stopped: {exc}; frames in {args.output}/", file=sys.stderr)
         return 4
+    except KeyboardInterrupt:
+        print(f"hybridpot md: interrupted; the trajectory so far and the last positions ({FINAL_FILE}) are in "
+              f"{args.output}/", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -361,17 +365,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Exit codes: 0 success, 2 bad input or a run stopped for a reason the user can act on (one line on
+#: stderr), 3 MD became unstable, 4 MD stopped on uncertainty, 130 interrupted (Ctrl-C), 1 internal error.
+EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 1, 130
+
+
+def _expected_errors() -> tuple:
+    """Exception classes that mean "the input, a file or the run is at fault" (see hybridpot.errors)."""
+    from hybridpot.errors import HybridpotError
+
+    classes = [ValueError, OSError, HybridpotError]
+    try:
+        import yaml
+
+        classes.append(yaml.YAMLError)  # a config file that is not valid YAML
+    except ImportError:  # pragma: no cover - pyyaml is a dependency
+        pass
+    return tuple(classes)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for ``exc``: file errors name the path and the reason, others keep their message."""
+    if isinstance(exc, OSError) and exc.strerror and not str(exc).startswith("[Errno"):
+        message = str(exc)  # our own OSErrors already carry a full sentence
+    elif isinstance(exc, OSError) and exc.strerror:
+        where = f" {exc.filename!r}" if exc.filename is not None else ""
+        also = f" -> {exc.filename2!r}" if exc.filename2 is not None else ""
+        message = f"{exc.strerror.lower()}:{where}{also}" if where else exc.strerror.lower()
+    else:
+        message = str(exc) or type(exc).__name__
+    return " ".join(message.split())
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    name = f"hybridpot {args.command}"
     try:
         return int(args.func(args) or 0)
-    except ValueError as exc:  # bad input: a clear message, no traceback
-        print(f"hybridpot {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except _expected_errors() as exc:  # bad input or a run that stopped: a clear message, no traceback
+        print(f"{name}: error: {describe_error(exc)}", file=sys.stderr)
+        return EXIT_INPUT
+    except Exception:  # a bug: keep the traceback and say so
+        import traceback
+
+        traceback.print_exc()
+        print(f"{name}: internal error: this is a bug in hybridpot, not a problem with your input. Please report "
+              "it to the hybridpot developers with the command line, the output of 'hybridpot info' and the "
+              "traceback above", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -155,6 +155,10 @@ class EnsembleModel(torch.nn.Module):
         return self.members[0].element_symbols()
 
     @torch.jit.unused
+    def check_total_charge(self, total_charge: Any) -> float:
+        return self.members[0].check_total_charge(total_charge)
+
+    @torch.jit.unused
     def _fragments(self, fragments, charges, n_atoms: int, total_charge: float) -> tuple:
         return self.members[0]._fragments(fragments, charges, n_atoms, total_charge)
 
@@ -279,11 +283,15 @@ def ensemble_from_payload(payload: Dict[str, Any], path: str) -> EnsembleModel:
             raise ValueError(f"{path!r}: member {k} is not a model record")
         record = {**entry, "format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION}
         members.append(model_from_payload(record, f"{path!r} member {k}"))
-    meta = payload.get("metadata", {})
+    meta = payload.get("metadata")
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path!r}: the ensemble file's metadata must be a dict, got {type(meta).__name__}")
     first = members[0]
+    cutoff = meta.get("cutoff_nm")
     if (
         meta.get("elements") != first.element_symbols()
-        or abs(meta.get("cutoff_nm", -1) - first.cutoff) > 1e-12
+        or not isinstance(cutoff, (int, float))
+        or abs(cutoff - first.cutoff) > 1e-12
         or meta.get("periodic") != first.periodic
         or meta.get("n_members") != len(members)
     ):
@@ -293,8 +301,14 @@ def ensemble_from_payload(payload: Dict[str, Any], path: str) -> EnsembleModel:
             f"(elements {first.element_symbols()}, cutoff {first.cutoff}, periodic {first.periodic}, "
             f"{len(members)} members)"
         )
+    offsets = payload.get("energy_offsets")
+    if offsets is not None and not (
+        isinstance(offsets, (list, tuple)) and len(offsets) == len(members)
+        and all(isinstance(b, (int, float)) and np.isfinite(b) for b in offsets)
+    ):
+        raise ValueError(f"{path!r}: energy_offsets must be {len(members)} finite numbers (kJ/mol), got {offsets!r}")
     try:
-        ensemble = EnsembleModel(members, payload.get("energy_offsets"))
+        ensemble = EnsembleModel(members, offsets)
     except ValueError as exc:
         raise ValueError(f"{path!r}: {exc}") from exc
     ensemble.metadata = meta

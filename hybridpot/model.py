@@ -30,6 +30,50 @@ OVERLAP_SEARCH = 0.2  # nm, neighbour-search cutoff of that check
 ArrayLike = Union[np.ndarray, Tensor, List]
 
 
+def real_number(name: str, value: Any, unit: str) -> float:
+    """``value`` as a finite float; ValueError naming ``name`` for strings, booleans, arrays of more
+    than one element, NaN and infinities."""
+    scalar = value
+    if isinstance(value, (np.ndarray, Tensor)) and tuple(value.shape) in ((), (1,)):
+        scalar = value.item() if isinstance(value, Tensor) else value.reshape(()).item()
+    if isinstance(scalar, bool) or not isinstance(scalar, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number ({unit}), got {value!r}")
+    number = float(scalar)
+    if not np.isfinite(number):
+        raise ValueError(f"{name} must be a finite number ({unit}), got {number}")
+    return number
+
+
+def integer_tensor(name: str, values: Any) -> Tensor:
+    """``values`` as a long tensor; ValueError naming ``name`` when an entry is not a whole number
+    (``torch.as_tensor(...).long()`` would silently truncate 8.7 to 8)."""
+    array = values.detach().cpu().numpy() if isinstance(values, Tensor) else np.asarray(values)
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+        raise ValueError(f"{name} must be integers, got {values!r:.200}")
+    if array.dtype == np.bool_:
+        raise ValueError(f"{name} must be integers, got booleans")
+    if not np.issubdtype(array.dtype, np.integer):
+        bad = np.flatnonzero(~np.isfinite(array) | (array != np.round(array)))
+        if bad.size:
+            raise ValueError(
+                f"{name} must be whole numbers, got {array.ravel()[bad[0]].item()!r} at index {int(bad[0])} "
+                f"({bad.size} non-integer {'entry' if bad.size == 1 else 'entries'})"
+            )
+    return torch.as_tensor(array.astype(np.int64))
+
+
+def _float_tensor(name: str, values: Any) -> Tensor:
+    """``values`` (NumPy, torch or nested lists) as a detached floating tensor; ValueError naming
+    ``name`` for non-numeric input."""
+    if isinstance(values, Tensor):
+        return values.detach() if values.is_floating_point() else values.detach().double()
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be numbers, got {values!r:.200}") from exc
+    return torch.as_tensor(array)
+
+
 def _dtype(name: str) -> torch.dtype:
     return torch.float64 if name == "float64" else torch.float32
 
@@ -157,6 +201,9 @@ class HybridModel(torch.nn.Module):
         fragment_charges: Optional[Tensor] = None,
         pairs: Optional[List[Tensor]] = None,
     ) -> Dict[str, Tensor]:
+        if box is not None and not self.periodic:
+            # a box would make the neighbour search periodic: a different energy than the model was made for
+            raise ValueError("this model is non-periodic (config periodic: false) but was given a box")
         species = self.z_to_species[atomic_numbers]
         n_frames = ptr.shape[0] - 1
         counts = ptr[1:] - ptr[:-1]
@@ -258,6 +305,8 @@ class HybridModel(torch.nn.Module):
         """Check one frame's input; raise ValueError naming atoms, elements or shapes at fault."""
         if positions.dim() != 2 or positions.shape[1] != 3:
             raise ValueError(f"positions must have shape (N, 3) in nm, got {tuple(positions.shape)}")
+        if positions.shape[0] == 0:
+            raise ValueError("positions has zero atoms: a frame needs at least one atom")
         if atomic_numbers.shape != (positions.shape[0],):
             raise ValueError(
                 f"atomic_numbers must have shape ({positions.shape[0]},) to match positions, "
@@ -282,6 +331,11 @@ class HybridModel(torch.nn.Module):
             )
         if box is None and self.periodic:
             raise ValueError("this model is periodic: pass box (3, 3) nm with the lattice vectors as rows")
+        if box is not None and not self.periodic:
+            raise ValueError(
+                "this model is non-periodic (config periodic: false), but a box was given: pass box=None, "
+                "or use a model trained with periodic: true"
+            )
         if box is not None:
             if box.shape != (3, 3):
                 raise ValueError(f"box must have shape (3, 3) in nm, got {tuple(box.shape)}")
@@ -296,6 +350,20 @@ class HybridModel(torch.nn.Module):
             raise ValueError(f"atoms on top of each other (closer than {MIN_DISTANCE} nm): index pairs {pairs}")
 
     @torch.jit.unused
+    def check_total_charge(self, total_charge: Any) -> float:
+        """``total_charge`` as a float (e); ValueError if it is not a finite number, or if it is not 0
+        for a model without a charge head (which cannot represent it and would ignore it)."""
+        value = real_number("total_charge", total_charge, "e")
+        if not np.isfinite(value):
+            raise ValueError(f"total_charge must be a finite number (e), got {value}")
+        if value != 0.0 and self.charge_head is None:
+            raise ValueError(
+                f"total_charge={value:g} needs a model with a charge head (model config charges.enabled); this "
+                "model predicts no charges, so its energy does not depend on the total charge"
+            )
+        return value
+
+    @torch.jit.unused
     def _fragments(
         self, fragments: Optional[ArrayLike], charges: Optional[ArrayLike], n_atoms: int, total_charge: float
     ) -> tuple:
@@ -303,19 +371,36 @@ class HybridModel(torch.nn.Module):
             return None, None
         if fragments is None or charges is None:
             raise ValueError("pass both fragments (N,) and fragment_charges (G,), or neither")
+        if self.charge_head is None:
+            raise ValueError(
+                "fragments and fragment_charges need a model with a charge head (model config charges.enabled); "
+                "this model predicts no charges and would ignore them"
+            )
         device = self.reference_energies.device
-        frag = torch.as_tensor(np.asarray(fragments), dtype=torch.long, device=device)
-        frag_q = torch.as_tensor(np.asarray(charges, dtype=float), dtype=self.dtype, device=device)
+        frag = integer_tensor("fragments", fragments).to(device)
+        frag_q = _float_tensor("fragment_charges", charges).to(device=device, dtype=self.dtype)
         if frag.shape != (n_atoms,):
             raise ValueError(f"fragments must have shape ({n_atoms},), got {tuple(frag.shape)}")
-        if frag_q.dim() != 1 or int(frag.min()) < 0 or int(frag.max()) >= frag_q.shape[0]:
+        if frag_q.dim() != 1:
             raise ValueError(
-                f"fragments must index fragment_charges (length {frag_q.numel()}), got indices "
-                f"{int(frag.min())}..{int(frag.max())}"
+                f"fragment_charges must have shape (G,), one charge (e) per fragment, got {tuple(frag_q.shape)}"
+            )
+        if not bool(torch.isfinite(frag_q).all()):
+            raise ValueError(f"fragment_charges must be finite, got {frag_q.tolist()}")
+        if n_atoms == 0 or int(frag.min()) < 0 or int(frag.max()) >= frag_q.shape[0]:
+            low, high = (int(frag.min()), int(frag.max())) if n_atoms else (0, -1)
+            raise ValueError(
+                f"fragments must index fragment_charges (length {frag_q.numel()}), got indices {low}..{high}"
+            )
+        unused = sorted(set(range(frag_q.shape[0])) - set(frag.unique().tolist()))
+        if unused:
+            raise ValueError(
+                f"fragment_charges has {frag_q.shape[0]} entries but fragments never uses "
+                f"{'index' if len(unused) == 1 else 'indices'} {unused[:20]}: every fragment needs at least one atom"
             )
         if abs(float(frag_q.sum()) - total_charge) > 1e-6:
             raise ValueError(
-                f"fragment_charges sum to {float(frag_q.sum())} but total_charge is {total_charge}"
+                f"fragment_charges sum to {float(frag_q.sum())} but total_charge is {total_charge} (e)"
             )
         return frag, frag_q
 
@@ -325,15 +410,15 @@ class HybridModel(torch.nn.Module):
         """One frame as forward() arguments (positions, numbers, box (1, 3, 3) or None, ptr, total charge,
         fragments, fragment charges), validated, on the model's device and dtype; used by compute()."""
         device = self.reference_energies.device
-        pos = torch.as_tensor(np.asarray(positions) if isinstance(positions, list) else positions)
-        pos = pos.detach().to(device=device, dtype=self.dtype)
-        z = torch.as_tensor(atomic_numbers).to(device=device, dtype=torch.long)
-        cell = None if box is None else torch.as_tensor(box).detach().to(device=device, dtype=self.dtype)
+        pos = _float_tensor("positions", positions).to(device=device, dtype=self.dtype)
+        z = integer_tensor("atomic_numbers", atomic_numbers).to(device=device)
+        cell = None if box is None else _float_tensor("box", box).to(device=device, dtype=self.dtype)
         self.validate(pos, z, cell)
         pos.requires_grad_(requires_grad)
         ptr = torch.tensor([0, pos.shape[0]], device=device)
-        q = torch.tensor([float(total_charge)], dtype=self.dtype, device=device)
-        frag, frag_q = self._fragments(fragments, fragment_charges, pos.shape[0], float(total_charge))
+        total = self.check_total_charge(total_charge)
+        q = torch.tensor([total], dtype=self.dtype, device=device)
+        frag, frag_q = self._fragments(fragments, fragment_charges, pos.shape[0], total)
         return pos, z, None if cell is None else cell.unsqueeze(0), ptr, q, frag, frag_q
 
     @torch.jit.unused
@@ -426,8 +511,12 @@ def save_model(model: HybridModel, path: Union[str, os.PathLike], metadata: Opti
 def read_payload(path: Union[str, os.PathLike], map_location: str = "cpu") -> Dict[str, Any]:
     """``torch.load(weights_only=True)`` of a model or ensemble file; ValueError if missing or unreadable."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"model file {path!r} is a directory; pass the model file inside it (e.g. model.pt)")
     if not os.path.isfile(path):
         raise ValueError(f"model file {path!r} does not exist")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"model file {path!r} is not readable (permission denied)")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
@@ -469,6 +558,19 @@ def _saved_config(config: Dict[str, Any]) -> Dict[str, Any]:
     return config
 
 
+def check_finite_weights(state: Dict[str, Any], path: str) -> None:
+    """ValueError naming the first tensor of ``state`` that holds NaN or infinite values (a model
+    saved from a diverged training would otherwise load and return NaN energies)."""
+    for name, value in state.items():
+        if isinstance(value, Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise ValueError(
+                f"{path}: weight tensor {name!r} {tuple(value.shape)} holds {bad} NaN or infinite "
+                f"value{'s' if bad != 1 else ''}; the file cannot give finite energies (was it saved from "
+                "a diverged training?)"
+            )
+
+
 def model_from_payload(payload: Any, path: str) -> HybridModel:
     """The HybridModel of a :func:`save_model` payload; ``path`` names it in error messages."""
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
@@ -481,14 +583,25 @@ def model_from_payload(payload: Any, path: str) -> HybridModel:
         model = build_model(_saved_config(payload["config"]))
     except (KeyError, TypeError) as exc:
         raise ValueError(f"{path}: no valid model config ({exc!r})") from exc
-    meta = payload.get("metadata", {})
-    if meta.get("elements") != model.element_symbols() or abs(meta.get("cutoff_nm", -1) - model.cutoff) > 1e-12:
+    meta = payload.get("metadata")
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: the model file's metadata must be a dict, got {type(meta).__name__}")
+    cutoff = meta.get("cutoff_nm")
+    if (
+        meta.get("elements") != model.element_symbols()
+        or not isinstance(cutoff, (int, float))
+        or abs(cutoff - model.cutoff) > 1e-12
+    ):
         raise ValueError(
             f"{path}: metadata (elements {meta.get('elements')}, cutoff {meta.get('cutoff_nm')}) disagree with "
             f"its config (elements {model.element_symbols()}, cutoff {model.cutoff})"
         )
+    state = payload.get("state_dict")
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: no weights (state_dict must be a dict, got {type(state).__name__})")
+    check_finite_weights(state, path)
     try:
-        model.load_state_dict(payload["state_dict"], strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ValueError(f"{path}: weights do not fit the model described by its config: {exc}") from exc
     model.metadata = meta
