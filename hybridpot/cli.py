@@ -139,14 +139,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from hybridpot.train.evaluate import evaluate_model, write_evaluation
     from hybridpot.train.plots import plot_parity
 
+    from hybridpot.io import prepare_output_dir
+
     model = hybridpot.load_model(args.model)
+    output = Path(args.output) if args.output else Path(args.model).resolve().parent
+    prepare_output_dir(output, "evaluation output folder")  # before the evaluation, not after it
     frames = read_dataset(args.data, **_unit_options(args))
     result = evaluate_model(model, frames, batch_size=args.batch_size)
     print(f"{args.model} on {args.data}: {result.n_frames} frames, {result.n_atoms} atoms "
           f"(energy offset b = {result.energy_offset:.4f} kJ/mol)")
     print(result.table())
-    output = Path(args.output) if args.output else Path(args.model).resolve().parent
-    output.mkdir(parents=True, exist_ok=True)
     stem = Path(args.data).stem
     json_path, png_path = output / f"eval_{stem}.json", output / f"eval_{stem}_parity.png"
     write_evaluation(result, json_path, model=str(args.model), data=str(args.data))
@@ -244,9 +246,14 @@ def _add_md_parser(sub) -> None:
         description="Run molecular dynamics of STRUCTURE (PDB; a CRYST1 record makes it periodic, which needs a "
         "periodic model) with MODEL in OpenMM: LangevinMiddleIntegrator, optional MonteCarloBarostat, a short energy "
         "minimisation first. Writes trajectory.dcd, state.csv (energies in kJ/mol, temperature, speed), "
-        "minimized.pdb and final.pdb to --output (and uncertainty.csv for ensemble models). If the energy becomes "
-        "NaN or infinite, the run stops (exit code 3) and the last frame with a finite energy is written to "
-        "last_good.pdb. Ensemble models also report their force spread every --report-interval steps.",
+        "minimized.pdb and final.pdb to --output (and uncertainty.csv for ensemble models). Every report interval "
+        "the run is checked: if the energy or a coordinate is not finite, or the run blows up with a finite energy "
+        "(temperature above 10x the target, an atom with more than 50 kT of kinetic energy, the potential energy "
+        "risen by more than 10 x (N_dof/2) kT, or an atom that has left its molecule; T at least 100 K), it stops "
+        "with exit code 3 and writes the last frame that passed to last_good.pdb. Ctrl-C writes the current "
+        "positions to final.pdb and exits with 130. Structures with atoms closer than 0.05 nm, or whose atom names "
+        "repeat within a residue (OpenMM would merge those atoms), are refused. Ensemble models also report their "
+        "force spread every --report-interval steps.",
     )
     p.add_argument("model", help="model file (model.pt)")
     p.add_argument("structure", help="PDB file of the system (elements must be known to the model)")

@@ -136,11 +136,13 @@ def test_nan_model_from_the_start(pdb_files, tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["md", model_file(tmp_path, nan=True), box_pdb, "--steps", "10", "--output", str(out),
                  "--backend", "pythonforce", "--no-progress"])
-    assert code == 3
+    # a file with NaN weights is refused when it is loaded (exit 2, naming a weight tensor); the same
+    # model object given to run_md stops at step 0 without claiming a good frame
+    # (tests/test_reliability_openmm.py::test_non_finite_initial_energy_does_not_claim_a_good_frame)
+    assert code == 2
     err = capsys.readouterr().err
-    assert "simulation stopped at step 0: the initial energy is nan kJ/mol (before minimisation)" in err
-    assert "last_good.pdb" in err
-    assert app.PDBFile(str(out / "last_good.pdb")).topology.getNumAtoms() == 45
+    assert "weight tensor" in err and "NaN or infinite" in err and "Traceback" not in err
+    assert not (out / "last_good.pdb").exists()
 
 
 def test_md_input_errors(pdb_files, tmp_path, capsys):

@@ -149,3 +149,15 @@ def test_ensemble_file_with_bad_metadata_or_offsets(short_range, tmp_path):
     torch.save(payload, path)
     with pytest.raises(ValueError, match="member 1: weight tensor 'energy_scale'"):
         hybridpot.load_model(path)
+
+
+def test_openmm_module_refuses_a_charge_the_model_cannot_represent(short_range, with_charges):
+    from hybridpot.openmm.bindings import OpenMMModule
+
+    with pytest.raises(ValueError, match="total_charge=1 needs a model with a charge head"):
+        OpenMMModule(short_range, [11, 17, 17], total_charge=1.0)
+    with pytest.raises(ValueError, match="fragments and fragment_charges need a model with a charge head"):
+        OpenMMModule(short_range, [11, 17], fragments=[0, 1], fragment_charges=[1.0, -1.0])
+    with pytest.raises(ValueError, match="atomic_numbers must be whole numbers"):
+        OpenMMModule(with_charges, [11.5, 17])
+    OpenMMModule(with_charges, [11, 17, 17], total_charge=-1.0)  # fine with a charge head

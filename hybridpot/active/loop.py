@@ -24,6 +24,12 @@ The configuration is a training config (sections ``data``, ``model``, ``training
 :mod:`hybridpot.train.config`; ``data`` is the initial data set) plus a section ``active_learning``
 (:data:`DEFAULT_ACTIVE_LEARNING`). Run it with ``hybridpot active-learn CONFIG.yaml`` or
 :func:`run_active_learning`.
+
+The whole configuration is validated before the first stage (values, paths, and the oracle entry
+with :func:`hybridpot.active.oracles.check_oracle_spec`), so that a typo fails in seconds rather than
+after hours of training and MD. An active-learning config is code, like a TorchScript archive: its
+oracle entry may name an ASE calculator class to import and run (see :mod:`hybridpot.active.oracles`);
+run only configs you trust.
 """
 
 from __future__ import annotations
@@ -39,11 +45,10 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
 import numpy as np
-import yaml
 
 from hybridpot.active.selection import FrameScores, score_frames, select_frames
 from hybridpot.data import Dataset, Frame, read_extxyz, write_extxyz
-from hybridpot.io import atomic_write, atomic_write_text
+from hybridpot.io import atomic_write, atomic_write_text, load_yaml, prepare_output_dir
 from hybridpot.train.preparation import reader_options
 
 DEFAULT_ACTIVE_LEARNING: Dict[str, Any] = {
@@ -95,12 +100,17 @@ def _merge(defaults: Dict[str, Any], given: Dict[str, Any], where: str) -> Dict[
 
 def resolve_active_config(config: Dict[str, Any], base_dir: Optional[Union[str, os.PathLike]] = None) -> Dict[str, Any]:
     """Validate the ``active_learning`` section, fill defaults, make structure paths absolute."""
-    al = _merge(DEFAULT_ACTIVE_LEARNING, config.get("active_learning") or {}, "active_learning.")
+    given = config.get("active_learning") or {}
+    if not isinstance(given, dict):
+        raise ValueError(f"section 'active_learning' must be a mapping, got {type(given).__name__} {given!r}")
+    al = _merge(DEFAULT_ACTIVE_LEARNING, given, "active_learning.")
     structures = al["structures"]
     if isinstance(structures, (str, os.PathLike)):
         structures = [structures]
     if not structures:
         raise ValueError("active_learning.structures is required: PDB files to start the MD explorations from")
+    if not isinstance(structures, (list, tuple)) or not all(isinstance(s, (str, os.PathLike)) for s in structures):
+        raise ValueError(f"active_learning.structures must be a list of PDB file paths, got {structures!r}")
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     paths = []
     for s in structures:
@@ -109,39 +119,87 @@ def resolve_active_config(config: Dict[str, Any], base_dir: Optional[Union[str, 
             raise ValueError(f"active_learning.structures: {s!r} does not exist (looked for {path})")
         paths.append(str(path))
     al["structures"] = paths
-    if not isinstance(al["iterations"], int) or al["iterations"] < 1:
-        raise ValueError(f"active_learning.iterations must be a positive integer, got {al['iterations']!r}")
+    _check_count("active_learning.iterations", al["iterations"])
+    _check_number("active_learning.total_charge", al["total_charge"])
+    charges = al["molecule_charges"]
+    if charges is not None and not (isinstance(charges, dict) and all(_is_number(v) for v in charges.values())):
+        raise ValueError(
+            f"active_learning.molecule_charges must map residue names to charges, e.g. {{EMI: 1, BF4: -1}}, "
+            f"got {charges!r}"
+        )
     md = al["md"]
     temps = md["temperatures"]
-    md["temperatures"] = [float(t) for t in (temps if isinstance(temps, (list, tuple)) else [temps])]
-    if not md["temperatures"] or min(md["temperatures"]) <= 0:
+    temps_list = temps if isinstance(temps, (list, tuple)) else [temps]
+    if not temps_list or not all(_is_number(t) and t > 0 for t in temps_list):
         raise ValueError(f"active_learning.md.temperatures must be positive kelvin values, got {temps!r}")
+    md["temperatures"] = [float(t) for t in temps_list]
     for key in ("trajectories", "steps", "sample_interval"):
-        if not isinstance(md[key], int) or md[key] < 1:
-            raise ValueError(f"active_learning.md.{key} must be a positive integer, got {md[key]!r}")
+        _check_count(f"active_learning.md.{key}", md[key])
+    _check_count("active_learning.md.minimize_steps", md["minimize_steps"], low=0)
+    _check_count("active_learning.md.seed", md["seed"], low=0)
+    _check_number("active_learning.md.timestep", md["timestep"], positive=True, unit=" fs")
+    _check_number("active_learning.md.friction", md["friction"], low=0.0, unit=" 1/ps")
+    for key in ("platform", "backend"):
+        if not isinstance(md[key], str):
+            raise ValueError(f"active_learning.md.{key} must be a string, got {md[key]!r}")
     sel = al["selection"]
-    if not isinstance(sel["max_frames"], int) or sel["max_frames"] < 1:
-        raise ValueError(f"active_learning.selection.max_frames must be a positive integer, got {sel['max_frames']!r}")
-    if not isinstance(sel["threshold"], (int, float)) or sel["threshold"] < 0:
-        raise ValueError(f"active_learning.selection.threshold must be >= 0 kJ/mol/nm, got {sel['threshold']!r}")
-    if sel["upper"] is not None and sel["upper"] <= sel["threshold"]:
-        raise ValueError(f"active_learning.selection.upper ({sel['upper']}) must exceed threshold ({sel['threshold']})")
+    _check_count("active_learning.selection.max_frames", sel["max_frames"])
+    _check_number("active_learning.selection.threshold", sel["threshold"], low=0.0, unit=" kJ/mol/nm")
+    if sel["upper"] is not None:
+        _check_number("active_learning.selection.upper", sel["upper"], low=0.0, unit=" kJ/mol/nm")
+        if sel["upper"] <= sel["threshold"]:
+            raise ValueError(f"active_learning.selection.upper ({sel['upper']}) must exceed threshold ({sel['threshold']})")
+    if not isinstance(al["final_training"], bool):
+        raise ValueError(f"active_learning.final_training must be true or false, got {al['final_training']!r}")
+    from hybridpot.active.oracles import check_oracle_spec
+
+    try:
+        check_oracle_spec(al["oracle"])
+    except ValueError as exc:
+        raise ValueError(f"active_learning.oracle: {exc}") from None
     return al
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
+def _check_count(key: str, value: Any, low: int = 1) -> None:
+    """ValueError naming ``key`` unless ``value`` is an integer >= ``low`` (true/false are not integers)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        kind = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ValueError(f"{key} must be {kind}, got {value!r}")
+
+
+def _check_number(key: str, value: Any, *, low: Optional[float] = None, positive: bool = False, unit: str = "") -> None:
+    """ValueError naming ``key`` unless ``value`` is a finite number (> 0 with ``positive``, >= ``low``)."""
+    ok = _is_number(value) and not (positive and value <= 0) and not (low is not None and value < low)
+    if not ok:
+        bound = " > 0" if positive else (f" >= {low:g}" if low is not None else "")
+        raise ValueError(f"{key} must be a finite number{bound}{unit}, got {value!r}")
+
+
 def load_active_config(path: Union[str, os.PathLike]) -> Dict[str, Any]:
-    """Read an active-learning YAML file; relative paths in it are relative to the file."""
+    """Read an active-learning YAML file; relative paths in it are relative to the file.
+
+    Read with :func:`hybridpot.io.load_yaml` (a key given twice is an error naming the key and both
+    lines); every error names the file.
+    """
     from hybridpot.train.config import resolve_data_path
 
     path = Path(path)
-    with open(path) as handle:
-        config = yaml.safe_load(handle) or {}
+    config = load_yaml(path, "active-learning config") or {}
     if not isinstance(config, dict):
         raise ValueError(f"{path}: expected a mapping with sections data, model, training, active_learning")
     data = config.setdefault("data", {})
-    if data.get("path"):
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: section 'data' must be a mapping, got {type(data).__name__}")
+    if data.get("path") and isinstance(data["path"], str):
         data["path"] = resolve_data_path(data["path"], path.parent)
-    config["active_learning"] = resolve_active_config(config, path.parent)
+    try:
+        config["active_learning"] = resolve_active_config(config, path.parent)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     return config
 
 
@@ -158,8 +216,7 @@ class ActiveLearner:
         if self.train_config["training"]["ensemble_size"] < 2:
             self.train_config["training"]["ensemble_size"] = 4
             log("active learning needs an ensemble: training.ensemble_size set to 4")
-        self.output = Path(output)
-        self.output.mkdir(parents=True, exist_ok=True)
+        self.output = prepare_output_dir(output, "active-learning output folder")
         self.log = log
         self._fill_elements()
 
@@ -219,7 +276,8 @@ class ActiveLearner:
         folder = self.iteration_dir(k)
         if not (folder / "summary.json").is_file():
             raise RuntimeError(f"iteration {k} is not finished ({folder}/summary.json is missing)")
-        return list(read_extxyz(folder / "data.xyz")) + list(read_extxyz(folder / "labelled.xyz"))
+        # an iteration may label no frame at all: its labelled.xyz is then empty
+        return list(read_extxyz(folder / "data.xyz")) + list(read_extxyz(folder / "labelled.xyz", allow_empty=True))
 
     def train(self, k: int):
         """Stage 2: train (or finish training) the iteration's ensemble; returns the EnsembleTrainResult."""
@@ -269,7 +327,8 @@ class ActiveLearner:
                                timestep=md["timestep"], friction=md["friction"], platform=md["platform"],
                                backend=md["backend"], output=str(folder), report_interval=md["sample_interval"],
                                total_charge=self.al["total_charge"], molecule_charges=self.al["molecule_charges"],
-                               minimize_steps=md["minimize_steps"], seed=run["seed"], progress=False, log=md_log)
+                               minimize_steps=md["minimize_steps"], seed=run["seed"], progress=False, log=md_log,
+                               stability_checks=False)  # sample where the model fails; NaN still stops
                     except SimulationUnstable as exc:  # keep the frames written before it failed
                         note = f"stopped early: {exc}"
                 topology = mdtraj.load_topology(run["structure"])

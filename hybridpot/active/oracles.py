@@ -18,7 +18,16 @@ so origin-dependent for charged frames; None for periodic frames).
 Failures are per frame: :meth:`Oracle.label` raises :class:`OracleError` naming the frame
 (``frame.where``) and the reason; :meth:`Oracle.label_many` records such failures, and any other
 exception raised for one frame, in its :class:`LabelReport` and goes on with the next frame.
-Build an oracle from a config entry with :func:`make_oracle`.
+Build an oracle from a config entry with :func:`make_oracle`; :func:`check_oracle_spec` validates an
+entry without building it (the active-learning loop does so before its first stage).
+
+Security: an oracle entry is code, like a TorchScript archive. ``{"type": "ase", "calculator":
+"package.module:ClassName", "kwargs": {...}}`` imports ``package.module`` (running its top-level
+code) and creates the class with the given arguments, and ASE calculators themselves can run
+programs (a ``FileIOCalculator``'s ``command``). Only classes that are ASE calculators (subclasses of
+``ase.calculators.calculator.BaseCalculator``) are accepted, and this is checked before anything is
+created, so a config cannot create arbitrary objects such as ``subprocess:Popen``; it does not make an
+untrusted config safe. Run only active-learning configs you trust.
 """
 
 from __future__ import annotations
@@ -383,34 +392,70 @@ ORACLES: dict[str, type[Oracle]] = {"tblite": TBLiteOracle, "pyscf": PySCFOracle
 _ASE_SPEC_KEYS = ("calculator", "kwargs", "name")
 
 
+def _split_spec(spec: Any) -> tuple[str, dict[str, Any]]:
+    """(type, options) of a dict or string oracle entry; ValueError for anything else."""
+    if isinstance(spec, str):
+        spec = {"type": spec}
+    if not isinstance(spec, dict):
+        raise ValueError(
+            f"oracle spec must be None, a type name or a mapping such as {{type: tblite}}, got "
+            f"{type(spec).__name__} {spec!r}"
+        )
+    options = dict(spec)
+    kind = options.pop("type", None)
+    if kind not in ORACLES:
+        raise ValueError(f"unknown oracle type {kind!r}; known types: {', '.join(sorted(ORACLES))}")
+    return kind, options
+
+
+def _keyword_options(cls: type) -> list[str]:
+    params = inspect.signature(cls.__init__).parameters.values()
+    return [p.name for p in params if p.kind is p.KEYWORD_ONLY]
+
+
+def check_oracle_spec(spec: None | str | dict[str, Any] | Oracle) -> None:
+    """Validate an oracle config entry (see :func:`make_oracle`) without creating the oracle.
+
+    Checks the type and option names; for ``ase`` it imports the calculator's module and checks that
+    the class is an ASE calculator (nothing is instantiated). Raises ValueError naming the problem.
+    """
+    if spec is None or isinstance(spec, Oracle):
+        return
+    kind, options = _split_spec(spec)
+    if kind == "ase":
+        _check_options("ase", options, _ASE_SPEC_KEYS)
+        _ase_calculator_class(options.get("calculator"))
+        _check(isinstance(options.get("kwargs") or {}, dict),
+               f"oracle 'ase': 'kwargs' must be a mapping, got {type(options.get('kwargs')).__name__}")
+    else:
+        _check_options(kind, options, _keyword_options(ORACLES[kind]))
+
+
 def make_oracle(spec: None | str | dict[str, Any] | Oracle = None) -> Oracle:
     """Build an oracle from a config entry.
 
     spec: None (``TBLiteOracle()``); a type name (``"tblite"``, ``"pyscf"``); a dict
         ``{"type": "tblite", **constructor options}``; for ASE
-        ``{"type": "ase", "calculator": "package.module:ClassName", "kwargs": {...}, "name": ...}``;
-        or an Oracle instance (returned as is).
+        ``{"type": "ase", "calculator": "package.module:ClassName", "kwargs": {...}, "name": ...}``,
+        where the class must be an ASE calculator (checked before it is created; see the module
+        docstring: such an entry is code); or an Oracle instance (returned as is).
 
-    Raises ValueError for an unknown type (listing the known ones) or an unknown option (naming it).
+    Raises ValueError for an unknown type (listing the known ones), an unknown option (naming it), an
+    option value of the wrong type, or a calculator that is not an ASE calculator class.
     """
     if spec is None:
         return TBLiteOracle()
     if isinstance(spec, Oracle):
         return spec
-    if isinstance(spec, str):
-        spec = {"type": spec}
-    if not isinstance(spec, dict):
-        raise TypeError(f"oracle spec must be None, a string or a dict, got {type(spec).__name__}")
-    options = dict(spec)
-    kind = options.pop("type", None)
-    if kind not in ORACLES:
-        raise ValueError(f"unknown oracle type {kind!r}; known types: {', '.join(sorted(ORACLES))}")
+    kind, options = _split_spec(spec)
     if kind == "ase":
         return _make_ase_oracle(options)
     cls = ORACLES[kind]
-    params = inspect.signature(cls.__init__).parameters.values()
-    _check_options(kind, options, [p.name for p in params if p.kind is p.KEYWORD_ONLY])
-    return cls(**options)
+    _check_options(kind, options, _keyword_options(cls))
+    try:
+        return cls(**options)
+    except TypeError as exc:  # e.g. accuracy: "high" compared with a number
+        raise ValueError(f"oracle {kind!r}: bad option value in {options!r}: {exc}") from None
 
 
 def _check_options(kind: str, options: dict[str, Any], known: Iterable[str]) -> None:
@@ -419,17 +464,39 @@ def _check_options(kind: str, options: dict[str, Any], known: Iterable[str]) -> 
                         f"known options: {', '.join(known)}")
 
 
+def _ase_calculator_class(target: Any) -> type:
+    """The class named by ``"package.module:ClassName"``, which must be an ASE calculator.
+
+    The subclass check comes before any instance is created: a config naming another class (e.g.
+    ``subprocess:Popen``, which runs a command when created) is refused with a ValueError.
+    """
+    from ase.calculators.calculator import BaseCalculator
+
+    _check(isinstance(target, str) and target.count(":") == 1,
+           "oracle 'ase' needs 'calculator': 'package.module:ClassName' (e.g. "
+           f"'ase.calculators.lj:LennardJones'), got {target!r}")
+    module_name, class_name = target.split(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ValueError(f"oracle 'ase': cannot import calculator {target!r}: {exc}") from exc
+    if not (inspect.isclass(cls) and issubclass(cls, BaseCalculator)):
+        what = f"class {cls.__module__}.{cls.__qualname__}" if inspect.isclass(cls) else type(cls).__name__
+        raise ValueError(
+            f"oracle 'ase': calculator {target!r} is not an ASE calculator class (a subclass of "
+            f"ase.calculators.calculator.BaseCalculator) but a {what}; refusing to create it"
+        )
+    return cls
+
+
 def _make_ase_oracle(options: dict[str, Any]) -> ASEOracle:
     _check_options("ase", options, _ASE_SPEC_KEYS)
     target = options.get("calculator")
     kwargs = options.get("kwargs") or {}
-    _check(isinstance(target, str) and target.count(":") == 1,
-           "oracle 'ase' needs 'calculator': 'package.module:ClassName' (e.g. "
-           f"'ase.calculators.lj:LennardJones'), got {target!r}")
+    cls = _ase_calculator_class(target)
     _check(isinstance(kwargs, dict), f"oracle 'ase': 'kwargs' must be a dict, got {type(kwargs).__name__}")
-    module_name, class_name = target.split(":")
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"oracle 'ase': cannot import calculator {target!r}: {exc}") from exc
-    return ASEOracle(cls(**kwargs), name=options.get("name"))
+        calculator = cls(**kwargs)
+    except TypeError as exc:  # an unknown or missing keyword argument
+        raise ValueError(f"oracle 'ase': cannot create calculator {target!r} with kwargs {kwargs!r}: {exc}") from None
+    return ASEOracle(calculator, name=options.get("name"))

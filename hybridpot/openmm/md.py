@@ -2,8 +2,10 @@
 
 :func:`run_md` loads a model and a PDB file, builds the System (:func:`create_system`), runs
 Langevin dynamics (optionally NPT with a Monte Carlo barostat) with OpenMM's reporters, and stops
-cleanly when the energy stops being finite: the last frame whose energy was finite is written as a
-PDB file, so a blown-up run leaves something to look at.
+cleanly when the run becomes unstable (see :class:`SimulationUnstable` for the checks): the last frame
+that passed the checks is written as a PDB file, so a blown-up run leaves something to look at.
+Ctrl-C writes the current positions to ``final.pdb``, closes the output files and re-raises
+``KeyboardInterrupt``.
 
 Units: temperature K, time step fs, friction 1/ps, pressure bar; OpenMM's nm, kJ/mol, ps elsewhere.
 """
@@ -12,20 +14,26 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, List, Optional, Tuple, Union
 
 import numpy as np
 import openmm
 import openmm.app as app
 import openmm.unit as unit
 
-from hybridpot.openmm.system import create_system
+from hybridpot.errors import HybridpotError
+from hybridpot.openmm.bindings import INTERRUPTED
+from hybridpot.openmm.system import create_system, read_pdb
 
-PLATFORMS = ("Reference", "CPU", "CUDA", "OpenCL")
 KJ_PER_MOL = unit.kilojoule_per_mole
+GAS_CONSTANT = 0.00831446261815324  # kJ/mol/K
 
 TRAJECTORY_FILE = "trajectory.dcd"
 STATE_FILE = "state.csv"
@@ -35,15 +43,48 @@ LAST_GOOD_FILE = "last_good.pdb"
 UNCERTAINTY_FILE = "uncertainty.csv"
 UNCERTAIN_FRAMES_FILE = "uncertain_frames.xyz"
 
+# Stability checks, made on every reported frame and on the final one (see SimulationUnstable). The
+# temperatures are relative to T_ref = max(target temperature, MIN_REFERENCE_TEMPERATURE).
+#: The instantaneous temperature may not exceed this multiple of T_ref. Langevin dynamics samples the
+#: kinetic energy from a chi-squared distribution with 3N - 3 or more degrees of freedom; for a 3-atom
+#: molecule (9) the probability of 10x its mean is ~1e-15 per check, and it falls with N. The same
+#: factor bounds the rise of the potential energy since the start of the dynamics, 10 x (N_dof / 2)
+#: k_B T_ref (equipartition puts the mean rise near (N_dof / 2) k_B T): a time step that is far too
+#: large first throws the atoms where the energy is huge, one step before the temperature follows.
+MAX_TEMPERATURE_FACTOR = 10.0
+MIN_REFERENCE_TEMPERATURE = 100.0  # K: at lower targets the checks use 100 K (1000 K, 50 k_B * 100 K)
+#: No atom's kinetic energy may exceed this many k_B * T_ref: the probability of one atom's
+#: Maxwell-Boltzmann kinetic energy reaching 50 kT is ~1e-21, which catches one exploding molecule in
+#: a large system whose overall temperature hardly moves.
+MAX_ATOM_KINETIC_ENERGY = 50.0
+#: An atom that started the dynamics within BONDED_DISTANCE (nm) of another atom (a covalent bond or
+#: a close contact) may not end up with no atom within ISOLATED_DISTANCE: its molecule has come apart.
+#: Atoms that start alone (noble gases, free ions) are not checked.
+BONDED_DISTANCE = 0.25
+ISOLATED_DISTANCE = 0.6
+#: No two atoms of the input structure may be closer than this (nm): the shortest chemical bond (H2)
+#: is 0.074 nm, and the model's energy for atoms on top of each other is meaningless (often NaN).
+MIN_ATOM_DISTANCE = 0.05
 
-class SimulationUnstable(RuntimeError):
-    """The energy became NaN or infinite; ``last_good_pdb`` holds the last frame with a finite energy.
 
-    Attributes: ``step`` (the step at which the bad energy was seen), ``last_good_step``,
-    ``last_good_pdb`` (path).
+class SimulationUnstable(HybridpotError, RuntimeError):
+    """The run became unstable; ``last_good_pdb`` holds the last frame that passed the checks.
+
+    Checked on every reported frame (every ``report_interval`` steps) and on the final one: the
+    potential energy and the coordinates are finite; the instantaneous temperature is at most
+    ``MAX_TEMPERATURE_FACTOR`` (10) x T_ref, the potential energy has risen by at most 10 x (N_dof / 2)
+    k_B T_ref since the start of the dynamics, and no atom's kinetic energy exceeds
+    ``MAX_ATOM_KINETIC_ENERGY`` (50) k_B T_ref, with T_ref = max(target temperature, 100 K); no atom
+    that started within ``BONDED_DISTANCE`` (0.25 nm) of another is farther than ``ISOLATED_DISTANCE``
+    (0.6 nm) from every other atom. These catch a run that blows up with a finite energy (a molecule
+    atomising at 10^6 K) as well as NaN energies. (Atoms of the input structure closer than
+    ``MIN_ATOM_DISTANCE``, 0.05 nm, are refused with ValueError before the run.)
+
+    Attributes: ``step`` (the step at which the problem was seen), ``last_good_step`` and
+    ``last_good_pdb`` (path), both None when no frame was good (the initial energy was not finite).
     """
 
-    def __init__(self, message: str, *, step: int, last_good_step: int, last_good_pdb: str):
+    def __init__(self, message: str, *, step: int, last_good_step: Optional[int], last_good_pdb: Optional[str]):
         super().__init__(message)
         self.step = step
         self.last_good_step = last_good_step
@@ -65,20 +106,38 @@ class MDResult:
 
 
 class _FrameGuard:
-    """An OpenMM reporter that checks the potential energy and remembers the last finite frame.
+    """An OpenMM reporter that checks each reported frame (see :class:`SimulationUnstable`) and
+    remembers the last frame that passed.
 
     It must be the first reporter of the Simulation: OpenMM calls reporters in list order with the
     same State, so raising here keeps the trajectory and the CSV file free of the bad frame.
     """
 
-    def __init__(self, interval: int, topology: app.Topology, last_good_path: str):
+    def __init__(self, interval: int, simulation: app.Simulation, temperature: float, last_good_path: str,
+                 stability_checks: bool = True):
         self.interval = int(interval)
-        self.topology = topology
+        self.stability_checks = bool(stability_checks)
+        self.topology = simulation.topology
+        self.atoms = list(self.topology.atoms())
         self.last_good_path = last_good_path
         self.positions: Optional[Any] = None
         self.box: Optional[Any] = None
         self.step = 0
         self.energy = float("nan")
+        system = simulation.system
+        self.masses = np.array([system.getParticleMass(k).value_in_unit(unit.dalton)
+                                for k in range(system.getNumParticles())])
+        dof = 3 * int((self.masses > 0).sum()) - system.getNumConstraints()
+        if any(isinstance(f, openmm.CMMotionRemover) for f in system.getForces()):
+            dof -= 3
+        self.dof = max(dof, 1)
+        self.reference_temperature = max(float(temperature), MIN_REFERENCE_TEMPERATURE)
+        self.max_temperature = MAX_TEMPERATURE_FACTOR * self.reference_temperature
+        self.max_atom_kinetic = MAX_ATOM_KINETIC_ENERGY * GAS_CONSTANT * self.reference_temperature
+        self.max_energy_rise = MAX_TEMPERATURE_FACTOR * 0.5 * self.dof * GAS_CONSTANT * self.reference_temperature
+        self.bonded: Optional[np.ndarray] = None
+        self.bonded_pairs: Tuple[np.ndarray, np.ndarray] = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+        self.start_energy = float("nan")
 
     def remember(self, state: openmm.State, step: int) -> None:
         self.positions = state.getPositions(asNumpy=True)
@@ -86,17 +145,86 @@ class _FrameGuard:
         self.energy = state.getPotentialEnergy().value_in_unit(KJ_PER_MOL)
         self.step = step
 
+    def start_dynamics(self, state: openmm.State) -> None:
+        """Note the potential energy and which atoms start with a close neighbour (for the checks)."""
+        self.start_energy = state.getPotentialEnergy().value_in_unit(KJ_PER_MOL)
+        positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+        i, j, _ = _close_pairs(positions, _box_of(self.topology, state), BONDED_DISTANCE)
+        self.bonded_pairs = (i, j)
+        self.bonded = np.zeros(len(positions), dtype=bool)
+        self.bonded[i] = True
+        self.bonded[j] = True
+
     def describeNextReport(self, simulation):
         steps = self.interval - simulation.currentStep % self.interval
-        return {"steps": steps, "periodic": None, "include": ["positions", "energy"]}
+        return {"steps": steps, "periodic": None, "include": ["positions", "velocities", "energy"]}
 
     def report(self, simulation, state):
-        energy = state.getPotentialEnergy().value_in_unit(KJ_PER_MOL)
-        positions = state.getPositions(asNumpy=True)
-        if math.isfinite(energy) and np.isfinite(positions.value_in_unit(unit.nanometer)).all():
+        problem = self.check(state)
+        if problem is None:
             self.remember(state, simulation.currentStep)
             return
-        self.fail(simulation.currentStep, f"the potential energy is {energy} kJ/mol")
+        self.fail(simulation.currentStep, problem)
+
+    def describe(self, k: int) -> str:
+        atom = self.atoms[k]
+        return f"{atom.name} of residue {atom.residue.name} {atom.residue.id}"
+
+    def check(self, state: openmm.State) -> Optional[str]:
+        """What is wrong with ``state`` (positions, velocities and energies), or None."""
+        energy = state.getPotentialEnergy().value_in_unit(KJ_PER_MOL)
+        positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+        if not math.isfinite(energy):
+            return f"the potential energy is {energy} kJ/mol"
+        if not np.isfinite(positions).all():
+            return "a coordinate is not finite"
+        if not self.stability_checks:
+            return None
+        rise = energy - self.start_energy
+        if rise > self.max_energy_rise:
+            return (f"the potential energy has risen by {rise:.4g} kJ/mol since the start of the dynamics, more than "
+                    f"{self.max_energy_rise:.4g} kJ/mol ({MAX_TEMPERATURE_FACTOR:g} x {self.dof} / 2 x k_B x "
+                    f"{self.reference_temperature:g} K)")
+        velocities = state.getVelocities(asNumpy=True).value_in_unit(unit.nanometer / unit.picosecond)
+        atom_kinetic = 0.5 * self.masses * np.square(velocities).sum(axis=1)  # dalton nm^2/ps^2 = kJ/mol
+        k = int(np.argmax(atom_kinetic))
+        if not atom_kinetic[k] <= self.max_atom_kinetic:
+            return (f"atom {k} ({self.describe(k)}) has a kinetic energy of {atom_kinetic[k]:.4g} kJ/mol, above "
+                    f"the limit of {self.max_atom_kinetic:.4g} kJ/mol ({MAX_ATOM_KINETIC_ENERGY:g} k_B x "
+                    f"{self.reference_temperature:g} K)")
+        kinetic = state.getKineticEnergy().value_in_unit(KJ_PER_MOL)
+        temperature = 2.0 * kinetic / (self.dof * GAS_CONSTANT)
+        if not temperature <= self.max_temperature:
+            return (f"the instantaneous temperature is {temperature:.4g} K, above the limit of "
+                    f"{self.max_temperature:g} K ({MAX_TEMPERATURE_FACTOR:g} x {self.reference_temperature:g} K)")
+        if self.bonded is not None and self.bonded.any():
+            lost = self.isolated_atoms(positions, _box_of(self.topology, state))
+            if lost.size:
+                names = ", ".join(f"{a} ({self.describe(a)})" for a in lost[:5].tolist())
+                return (f"atom{'s' if lost.size > 1 else ''} {names}{' ...' if lost.size > 5 else ''} started within "
+                        f"{BONDED_DISTANCE} nm of another atom but {'are' if lost.size > 1 else 'is'} now farther "
+                        f"than {ISOLATED_DISTANCE} nm from every atom: the molecule has come apart")
+        return None
+
+    def isolated_atoms(self, positions: np.ndarray, box: Optional[np.ndarray]) -> np.ndarray:
+        """Indices of atoms that started within BONDED_DISTANCE of another atom and now have no atom
+        within ISOLATED_DISTANCE. Cheap in the usual case: an atom still near one of its starting
+        partners (distance with the image shift rounded in fractional coordinates, never shorter than
+        the minimum image) is fine; only the others need a neighbour search."""
+        i, j = self.bonded_pairs
+        delta = positions[j] - positions[i]
+        if box is not None:
+            delta -= np.round(delta @ np.linalg.inv(box)) @ box
+        near = np.square(delta).sum(axis=1) < ISOLATED_DISTANCE**2
+        candidates = self.bonded.copy()
+        candidates[i[near]] = False
+        candidates[j[near]] = False
+        if not candidates.any():
+            return np.zeros(0, dtype=np.int64)
+        i, j, _ = _close_pairs(positions, box, ISOLATED_DISTANCE)
+        candidates[i] = False
+        candidates[j] = False
+        return np.flatnonzero(candidates)
 
     def write_last_good(self) -> None:
         topology = self.topology
@@ -105,16 +233,65 @@ class _FrameGuard:
         with open(self.last_good_path, "w") as handle:
             app.PDBFile.writeFile(topology, self.positions, handle)
 
-    def fail(self, step: int, what: str) -> None:
+    def fail(self, step: int, what: str, hint: Optional[str] = None, when: Optional[str] = None) -> None:
+        """Write the last good frame and raise SimulationUnstable; ``when`` describes that frame."""
         self.write_last_good()
+        when = when or (f"step {self.step}" if self.step else "step 0, at the start of the dynamics")
         raise SimulationUnstable(
-            f"simulation stopped at step {step}: {what}. The last frame with a finite energy "
-            f"(step {self.step}) was written to {self.last_good_path}. Common causes: a time step "
-            "too large for the model, or a structure outside the model's training data "
-            "(try --timestep 0.25 or a longer minimisation).",
+            f"simulation stopped at step {step}: {what}. The last good frame ({when}) was written to "
+            f"{self.last_good_path}. " + (hint or "Common causes: a time step too large for the model, or a "
+                                          "structure outside the model's training data (try --timestep 0.25 or "
+                                          "a longer minimisation)."),
             step=step,
             last_good_step=self.step,
             last_good_pdb=self.last_good_path,
+        )
+
+    def fail_initial(self, energy: float) -> None:
+        """The input structure itself has no finite energy: there is no good frame to write."""
+        raise SimulationUnstable(
+            f"simulation stopped at step 0: the initial energy is {energy} kJ/mol (before minimisation); no "
+            f"frame of this run had a finite energy, so no {LAST_GOOD_FILE} was written. The model gives no "
+            "finite energy for the input structure: check the model file (NaN weights?) and the structure "
+            "(elements, charges and geometry the model was trained for)",
+            step=0,
+            last_good_step=None,
+            last_good_pdb=None,
+        )
+
+
+def _box_of(topology: app.Topology, state: openmm.State) -> Optional[np.ndarray]:
+    if topology.getPeriodicBoxVectors() is None:
+        return None
+    return np.asarray(state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer))
+
+
+def _close_pairs(positions: np.ndarray, box: Optional[np.ndarray], cutoff: float) -> Tuple[np.ndarray, ...]:
+    """Pairs (i, j, distance nm) closer than ``cutoff``, each once, minimum image for a box."""
+    import torch
+
+    from hybridpot.physics.neighbors import frame_neighbors, pair_vectors
+
+    points = torch.as_tensor(np.asarray(positions, dtype=np.float64))
+    cell = None if box is None else torch.as_tensor(np.asarray(box, dtype=np.float64))
+    i, j, shifts = frame_neighbors(points, cutoff, cell, False)
+    d = torch.linalg.norm(pair_vectors(points, i, j, shifts, cell), dim=1)
+    return i.numpy(), j.numpy(), d.numpy()
+
+
+def _check_no_overlaps(structure: str, topology: app.Topology, positions: np.ndarray) -> None:
+    """ValueError naming the atoms of the input structure that lie on top of each other."""
+    box = topology.getPeriodicBoxVectors()
+    box = None if box is None else np.asarray(box.value_in_unit(unit.nanometer))
+    i, j, d = _close_pairs(positions, box, MIN_ATOM_DISTANCE)
+    if i.size:
+        atoms = list(topology.atoms())
+        order = np.lexsort((j, i))[:5]
+        pairs = "; ".join(f"{atoms[i[k]].name} {i[k]} and {atoms[j[k]].name} {j[k]} ({d[k]:.4f} nm)" for k in order)
+        raise ValueError(
+            f"{structure}: {i.size} pair{'s' if i.size > 1 else ''} of atoms closer than {MIN_ATOM_DISTANCE} nm "
+            f"(atom indices from 0): {pairs}{' ...' if i.size > 5 else ''}. Atoms on top of each other are "
+            "usually duplicated records: remove them or fix the coordinates"
         )
 
 
@@ -182,6 +359,7 @@ def run_md(
     uncertainty_save_threshold: Optional[float] = None,
     uncertainty_stop_threshold: Optional[float] = None,
     progress: bool = True,
+    stability_checks: bool = True,
     log=None,
 ) -> MDResult:
     """Run Langevin MD of ``structure`` with ``model``.
@@ -211,15 +389,25 @@ def run_md(
         largest force spread exceeds the first are appended to uncertain_frames.xyz; above the second the
         run stops with ``hybridpot.openmm.ExtrapolationError`` (see :class:`UncertaintyReporter`)
     progress: show a progress bar (tqdm, on stderr); without it the state is also printed to ``log``
+    stability_checks: stop when the run blows up with a finite energy (temperature, energy rise, per-atom
+        kinetic energy, atoms leaving their molecule; see :class:`SimulationUnstable`); False stops only on
+        non-finite energies or coordinates (exploration runs of active learning keep sampling where the
+        model is wrong)
     log: text stream for messages (default sys.stdout)
+
+    Each reported frame and the final one are checked (finite energy and coordinates, temperature,
+    rise of the potential energy, per-atom kinetic energy, atoms that left their molecule: see
+    :class:`SimulationUnstable`); a failed check stops the run and writes the last good frame to
+    ``last_good.pdb``. Ctrl-C (``KeyboardInterrupt``) writes the current positions to ``final.pdb``,
+    closes the trajectory and CSV files and re-raises.
 
     The process keeps freed memory for reuse from then on (:func:`hybridpot._malloc.keep_freed_memory`):
     2.1-2.3x faster PaiNN steps at 1500-2700 atoms, at the price of resident memory staying at its peak.
 
     Raises
     ------
-    ValueError for bad input (messages name the option); SimulationUnstable when the energy stops
-    being finite.
+    ValueError for bad input (messages name the option, or the atoms at fault: atoms closer than
+    0.05 nm, a PDB file whose repeated atom names OpenMM merges); SimulationUnstable when a check fails.
     """
     log = log or sys.stdout
     _validate_options(steps=steps, threads=threads, report_interval=report_interval, temperature=temperature,
@@ -228,8 +416,9 @@ def run_md(
     structure = os.fspath(structure)
     if not os.path.isfile(structure):
         raise ValueError(f"structure file {structure!r} does not exist")
-    pdb = app.PDBFile(structure)
+    pdb = read_pdb(structure)
     topology = pdb.topology
+    _check_no_overlaps(structure, topology, np.asarray(pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer)))
     periodic = topology.getPeriodicBoxVectors() is not None
     if npt and not periodic:
         raise ValueError(
@@ -254,6 +443,9 @@ def run_md(
         system.addForce(openmm.MonteCarloBarostat(pressure * unit.bar, temperature * unit.kelvin, barostat_interval))
 
     os.makedirs(output, exist_ok=True)
+    last_good = os.path.join(output, LAST_GOOD_FILE)
+    if os.path.exists(last_good):  # from an earlier run into the same folder: it would describe that run
+        os.remove(last_good)
     files = {name: os.path.join(output, filename) for name, filename in (
         ("trajectory", TRAJECTORY_FILE), ("state", STATE_FILE), ("minimized", MINIMIZED_FILE), ("final", FINAL_FILE))}
     integrator = openmm.LangevinMiddleIntegrator(
@@ -271,49 +463,100 @@ def run_md(
     simulation = app.Simulation(topology, system, integrator, openmm.Platform.getPlatformByName(platform), properties)
     simulation.context.setPositions(pdb.positions)
 
-    guard = _FrameGuard(report_interval, topology, os.path.join(output, LAST_GOOD_FILE))
-    initial = _start(simulation, guard, minimize_steps, files["minimized"], used_backend, platform, log)
-    if seed is not None:
-        simulation.context.setVelocitiesToTemperature(temperature * unit.kelvin, int(seed))
-    else:
-        simulation.context.setVelocitiesToTemperature(temperature * unit.kelvin)
-
-    reporters = [guard, app.DCDReporter(files["trajectory"], report_interval)]
-    columns = dict(step=True, time=True, potentialEnergy=True, kineticEnergy=True, totalEnergy=True,
-                   temperature=True, speed=True, volume=npt, density=npt)
-    reporters.append(app.StateDataReporter(files["state"], report_interval, **columns))
-    if not progress:
-        reporters.append(app.StateDataReporter(log, report_interval, separator="\t", **columns))
-    if ensemble:
-        from hybridpot.openmm.reporters import UncertaintyReporter
-
-        files["uncertainty"] = os.path.join(output, UNCERTAINTY_FILE)
-        if uncertainty_save_threshold is not None or uncertainty_stop_threshold is not None:
-            files["uncertain_frames"] = os.path.join(output, UNCERTAIN_FRAMES_FILE)
-        reporters.append(UncertaintyReporter(
-            net, files["uncertainty"], report_interval, save_threshold=uncertainty_save_threshold,
-            save_path=files.get("uncertain_frames"), stop_threshold=uncertainty_stop_threshold,
-            total_charge=total_charge,
-        ))
-    simulation.reporters.extend(reporters)
+    guard = _FrameGuard(report_interval, simulation, temperature, last_good, stability_checks)
+    reporters: List[Any] = []
     try:
-        elapsed, timed_steps = _run_steps(simulation, guard, steps, report_interval, progress)
+        with _interrupts_from_openmm():
+            initial = _start(simulation, guard, minimize_steps, files["minimized"], used_backend, platform, log)
+            if seed is not None:
+                simulation.context.setVelocitiesToTemperature(temperature * unit.kelvin, int(seed))
+            else:
+                simulation.context.setVelocitiesToTemperature(temperature * unit.kelvin)
+            guard.start_dynamics(simulation.context.getState(getPositions=True, getEnergy=True))
+
+            reporters.extend([guard, app.DCDReporter(files["trajectory"], report_interval)])
+            columns = dict(step=True, time=True, potentialEnergy=True, kineticEnergy=True, totalEnergy=True,
+                           temperature=True, speed=True, volume=npt, density=npt)
+            reporters.append(app.StateDataReporter(files["state"], report_interval, **columns))
+            if not progress:
+                reporters.append(app.StateDataReporter(log, report_interval, separator="\t", **columns))
+            if ensemble:
+                from hybridpot.openmm.reporters import UncertaintyReporter
+
+                files["uncertainty"] = os.path.join(output, UNCERTAINTY_FILE)
+                if uncertainty_save_threshold is not None or uncertainty_stop_threshold is not None:
+                    files["uncertain_frames"] = os.path.join(output, UNCERTAIN_FRAMES_FILE)
+                reporters.append(UncertaintyReporter(
+                    net, files["uncertainty"], report_interval, save_threshold=uncertainty_save_threshold,
+                    save_path=files.get("uncertain_frames"), stop_threshold=uncertainty_stop_threshold,
+                    total_charge=total_charge,
+                ))
+            simulation.reporters.extend(reporters)
+            elapsed, timed_steps = _run_steps(simulation, guard, steps, report_interval, progress)
+            state = simulation.context.getState(getEnergy=True, getPositions=True, getVelocities=True,
+                                                enforcePeriodicBox=periodic)
+    except KeyboardInterrupt:
+        _write_interrupted(simulation, files["final"], periodic, log)
+        raise
     finally:
         for reporter in reporters:  # flush and close the DCD and CSV files
             handle = getattr(reporter, "_out", None)
             if handle is not None and handle is not log and hasattr(handle, "close"):
                 handle.close()
 
-    state = simulation.context.getState(getEnergy=True, getPositions=True, enforcePeriodicBox=periodic)
+    problem = guard.check(state)
+    if problem is not None:
+        guard.fail(simulation.currentStep, problem)
     final = state.getPotentialEnergy().value_in_unit(KJ_PER_MOL)
-    if not math.isfinite(final):
-        guard.fail(simulation.currentStep, f"the potential energy is {final} kJ/mol")
     _write_pdb(files["final"], topology, state)
     ms = 1e3 * elapsed / timed_steps if timed_steps else float("nan")
     ns_day = timestep * 1e-6 * timed_steps / elapsed * 86400.0 if timed_steps and elapsed > 0 else float("nan")
     print(f"done: {steps} steps of {timestep:g} fs, {ms:.2f} ms/step, {ns_day:.3f} ns/day; "
           f"final energy {final:.4f} kJ/mol; files in {output}/", file=log)
     return MDResult(steps, used_backend, platform, ns_day, ms, initial, final, files)
+
+
+@contextmanager
+def _interrupts_from_openmm():
+    """Re-raise as KeyboardInterrupt a Ctrl-C that OpenMM reported as an OpenMMException.
+
+    A KeyboardInterrupt raised while Python code runs inside a PythonForce evaluation reaches the
+    caller as an OpenMMException with an empty message. While the block runs, SIGINT is noted before
+    the previous handler (normally Python's, which raises KeyboardInterrupt) is called, so such an
+    exception is recognised wherever the interrupt landed.
+    """
+    interrupted = []
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        current = signal.getsignal(signal.SIGINT)
+        if callable(current):  # not SIG_IGN / SIG_DFL: leave those alone
+
+            def note_interrupt(signum, frame):
+                interrupted.append(signum)
+                current(signum, frame)
+
+            previous = current
+            signal.signal(signal.SIGINT, note_interrupt)
+    try:
+        yield
+    except openmm.OpenMMException as exc:
+        if interrupted or INTERRUPTED in str(exc):
+            raise KeyboardInterrupt() from None
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _write_interrupted(simulation: app.Simulation, path: str, periodic: bool, log) -> None:
+    """After Ctrl-C: the current positions to ``path``, if they are finite."""
+    state = simulation.context.getState(getPositions=True, enforcePeriodicBox=periodic)
+    if np.isfinite(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)).all():
+        _write_pdb(path, simulation.topology, state)
+        print(f"interrupted at step {simulation.currentStep}: current positions written to {path}", file=log)
+    else:
+        print(f"interrupted at step {simulation.currentStep}: the positions are not finite, {path} was not written",
+              file=log)
 
 
 def _validate_options(*, steps, threads, report_interval, temperature, timestep, friction, npt, pressure,
@@ -348,18 +591,22 @@ def _start(simulation, guard: _FrameGuard, minimize_steps: int, minimized_path: 
            log) -> float:
     """Check the initial energy and minimise; returns the initial energy (kJ/mol)."""
     state = simulation.context.getState(getEnergy=True, getPositions=True)
-    guard.remember(state, 0)
     initial = state.getPotentialEnergy().value_in_unit(KJ_PER_MOL)
     print(f"hybridpot md: {simulation.topology.getNumAtoms()} atoms, {backend} backend on the {platform} platform; "
           f"initial energy {initial:.4f} kJ/mol", file=log)
     if not math.isfinite(initial):
-        guard.fail(0, f"the initial energy is {initial} kJ/mol (before minimisation)")
+        guard.fail_initial(initial)
+    guard.remember(state, 0)
     if minimize_steps > 0:
         simulation.minimizeEnergy(tolerance=10.0 * KJ_PER_MOL / unit.nanometer, maxIterations=minimize_steps)
         state = simulation.context.getState(getEnergy=True, getPositions=True)
         energy = state.getPotentialEnergy().value_in_unit(KJ_PER_MOL)
-        if not math.isfinite(energy):
-            guard.fail(0, f"the energy after minimisation is {energy} kJ/mol")
+        positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+        if not math.isfinite(energy) or not np.isfinite(positions).all():
+            guard.fail(0, f"the energy after minimisation is {energy} kJ/mol",
+                       "The minimiser moved the structure to where the model has no finite energy: try "
+                       "--minimize-steps 0, or a model trained on structures like this one.",
+                       when="step 0, the structure before minimisation")
         guard.remember(state, 0)
         _write_pdb(minimized_path, simulation.topology, state)
         print(f"minimised ({minimize_steps} iterations at most): {energy:.4f} kJ/mol", file=log)
@@ -369,6 +616,9 @@ def _start(simulation, guard: _FrameGuard, minimize_steps: int, minimized_path: 
 def _backend_of(system: openmm.System) -> str:
     names = {type(f).__name__ for f in system.getForces()}
     return "pythonforce" if "PythonForce" in names else "torchforce"
+
+
+_NOT_FINITE = re.compile(r"\bnan\b|\binfinite\b|\binf\b", re.IGNORECASE)
 
 
 def _run_steps(simulation: app.Simulation, guard: _FrameGuard, steps: int, interval: int, progress: bool):
@@ -388,7 +638,7 @@ def _run_steps(simulation: app.Simulation, guard: _FrameGuard, steps: int, inter
             try:
                 simulation.step(chunk)
             except openmm.OpenMMException as exc:  # e.g. "Particle coordinate is NaN"
-                if "nan" not in str(exc).lower():
+                if not _NOT_FINITE.search(str(exc)):
                     raise
                 guard.fail(simulation.currentStep, f"OpenMM reported: {str(exc).strip()}")
             done += chunk

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from hybridpot.model import HybridModel
-from hybridpot.openmm.bindings import BACKENDS, OpenMMModule, force_from_module
+from hybridpot.openmm.bindings import BACKENDS, OpenMMModule, _atom_indices, force_from_module
 from hybridpot.openmm.system import fragment_assignment, topology_atomic_numbers
 from hybridpot.physics.electrostatics import Electrostatics
 
@@ -42,7 +42,8 @@ class MLRegionModule(OpenMMModule):
     """forward(positions (N_all, 3) nm [, box]) -> energy of the ML region + ML-MM Coulomb, kJ/mol.
 
     The model sees only ``ml_atoms``; with ``embedding`` (an Electrostatics module) and the MM charges
-    of all atoms (zero on ML atoms), the ML-MM Coulomb energy of the model's charges is added.
+    of all atoms (zero on ML atoms), the ML-MM Coulomb energy of the model's charges is added. Input
+    checks and the precision-keeping translation of all positions are those of :class:`OpenMMModule`.
     """
 
     def __init__(
@@ -63,9 +64,12 @@ class MLRegionModule(OpenMMModule):
             "mm_charges", torch.as_tensor(mm_charges if mm_charges is not None else np.zeros(0), dtype=model.dtype)
         )
         self.register_buffer("all_ptr", torch.tensor([0, n_all], dtype=torch.long))
+        if embedding is not None:  # the MM charges describe exactly n_all particles
+            self.n_particles_exact = n_all
 
     def forward(self, positions: Tensor, box: Optional[Tensor] = None) -> Tensor:
-        pos = positions.to(self.total_charge.dtype)
+        # the translation towards the origin (OpenMMModule.translated) moves ML and MM atoms alike
+        pos = self.model_positions(positions, box)
         out = self.model_outputs(pos, box)
         energy = out["energy"].sum()
         embedding = self.embedding
@@ -150,7 +154,7 @@ def create_mixed_system(
     model: HybridModel; periodic exactly when ``mm_system`` is (its box is passed to the model)
     topology: the full system's topology (elements of the ML atoms are checked against the model)
     mm_system: the classical System, e.g. from ``ForceField.createSystem`` (one NonbondedForce)
-    ml_atoms: indices of the ML region
+    ml_atoms: indices of the ML region (distinct integers; ValueError otherwise)
     embedding: "mechanical" or "electrostatic" (needs a model with a charge head and, for periodic
         systems, an MM NonbondedForce with PME)
     total_charge / molecule_charges: charge of the ML region, or one charge per residue of the ML region
@@ -162,12 +166,10 @@ def create_mixed_system(
     n_all = mm_system.getNumParticles()
     if topology.getNumAtoms() != n_all:
         raise ValueError(f"topology has {topology.getNumAtoms()} atoms but mm_system has {n_all} particles")
-    atoms = [int(a) for a in ml_atoms]
+    atoms = [int(a) for a in _atom_indices(ml_atoms, "ml_atoms")]
     bad = [a for a in atoms if not 0 <= a < n_all]
     if bad:
         raise ValueError(f"ml_atoms indices {bad[:10]} are out of range for a system of {n_all} atoms")
-    if len(set(atoms)) != len(atoms) or not atoms:
-        raise ValueError("ml_atoms must be a non-empty list of distinct atom indices")
     if model.periodic != mm_system.usesPeriodicBoundaryConditions():
         kind = "periodic" if mm_system.usesPeriodicBoundaryConditions() else "non-periodic"
         raise ValueError(f"the MM system is {kind} but the model is {'periodic' if model.periodic else 'not'}")

@@ -33,6 +33,8 @@ import numpy as np
 import openmm
 import openmm.unit as u
 
+from hybridpot.errors import HybridpotError
+
 CSV_COLUMNS = (
     "step",
     "time_ps",
@@ -45,7 +47,7 @@ CSV_COLUMNS = (
 _DICT_REPORTS = tuple(int(v) for v in openmm.__version__.split(".")[:2]) >= (8, 1)
 
 
-class ExtrapolationError(RuntimeError):
+class ExtrapolationError(HybridpotError, RuntimeError):
     """Raised by :class:`UncertaintyReporter` when the ensemble's max force std exceeds ``stop_threshold``.
 
     Attributes: step (MD step), time_ps, value (max force std, kJ/mol/nm), threshold (kJ/mol/nm),

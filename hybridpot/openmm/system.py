@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence, Union
+import os
+import warnings
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import openmm
@@ -12,6 +14,85 @@ from hybridpot.model import HybridModel
 from hybridpot.openmm.bindings import make_force
 
 MoleculeCharges = Union[Sequence[float], Mapping[str, float]]
+
+
+def _first_model_atom_records(path: str) -> Tuple[int, Dict[Tuple[str, str, str, str], List[str]]]:
+    """Number of ATOM/HETATM records of the first model of a PDB file, and the atom names that repeat
+    within a residue ({(chain, residue name, residue number, insertion code): [names]}).
+
+    Alternate locations (column 17) of an atom count once, as OpenMM keeps only one of them.
+    """
+    count = 0
+    seen: Dict[Tuple[str, str, str, str, str], str] = {}
+    repeated: Dict[Tuple[str, str, str, str], List[str]] = {}
+    with open(path, errors="replace") as handle:
+        for line in handle:
+            record = line[:6]
+            if record.startswith("ENDMDL"):
+                break
+            if record not in ("ATOM  ", "HETATM"):
+                continue
+            name, alt = line[12:16].strip(), line[16:17]
+            residue = (line[21:22], line[17:20].strip(), line[22:26].strip(), line[26:27].strip())
+            key = residue + (name,)
+            if key in seen:
+                if alt != " " and seen[key] != " " and alt != seen[key]:
+                    continue  # another location of the same atom
+                names = repeated.setdefault(residue, [])
+                if name not in names:
+                    names.append(name)
+            else:
+                seen[key] = alt
+            count += 1
+    return count, repeated
+
+
+def read_pdb(path: Union[str, os.PathLike]) -> openmm.app.PDBFile:
+    """``openmm.app.PDBFile(path)``, refusing files of which OpenMM would silently drop atoms.
+
+    OpenMM identifies an atom by its name within its residue: atoms whose names repeat in a residue
+    (as ASE writes them: every carbon "C") are merged with only a warning, so a 9-atom ethanol would
+    be read as 3 atoms. This counts the ATOM/HETATM records of the first model and raises ValueError,
+    naming the repeated names and the fix, when OpenMM kept fewer atoms, and for files that are not
+    PDB text or hold no atoms. OSError when the file does not exist or cannot be read.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"structure file {path!r} is a folder, expected a PDB file")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"structure file {path!r} does not exist")
+    expected, repeated = _first_model_atom_records(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            pdb = openmm.app.PDBFile(path)
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}: not a PDB file (not text: byte {exc.start} is not UTF-8)") from None
+        except OSError:
+            raise
+        except Exception as exc:  # OpenMM's parser fails on malformed records with assorted exceptions
+            raise ValueError(
+                f"{path}: OpenMM cannot read it as a PDB file ({type(exc).__name__}{f': {exc}' if str(exc) else ''})"
+            ) from None
+    kept = pdb.topology.getNumAtoms()
+    if kept == 0:
+        raise ValueError(f"{path}: no atoms (no ATOM or HETATM records OpenMM could read); expected a PDB file")
+    if kept < expected:
+        where = "; ".join(
+            f"residue {resname} {resnum}{icode}{f' of chain {chain}' if chain.strip() else ''}: "
+            f"{', '.join(repr(n) for n in names)}"
+            for (chain, resname, resnum, icode), names in list(repeated.items())[:5]
+        )
+        cause = (f"atom names repeat within a residue ({where}), and OpenMM identifies atoms by their names "
+                 "within a residue") if repeated else "some atoms were merged or skipped"
+        raise ValueError(
+            f"{path}: OpenMM read only {kept} of the {expected} atoms of the first model because {cause}. "
+            "Give every atom of a residue a unique name (e.g. C1, C2, H1, H2, ...), for example by writing "
+            "the PDB file with OpenMM (PDBFile.writeFile) or mdtraj instead of ASE"
+        )
+    for warning in caught:  # not the cause of an error: pass them on
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return pdb
 
 
 def topology_atomic_numbers(topology: openmm.app.Topology) -> np.ndarray:

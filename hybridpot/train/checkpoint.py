@@ -13,7 +13,7 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-from hybridpot.io import PathLike, atomic_torch_save, atomic_write, atomic_write_text  # noqa: F401 (used by the trainer)
+from hybridpot.io import PathLike, atomic_torch_save, atomic_write, atomic_write_text, os_error  # noqa: F401 (used by the trainer)
 
 CHECKPOINT_FORMAT = "hybridpot-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -26,6 +26,8 @@ def load_checkpoint(path: PathLike, map_location: str = "cpu") -> Dict[str, Any]
         raise ValueError(f"no checkpoint at {str(path)!r}: nothing to resume")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError as exc:  # the file cannot be read (permissions), as opposed to a damaged one
+        raise os_error(exc, f"cannot read the checkpoint {str(path)!r}: {exc.strerror or exc}") from exc
     except Exception as exc:
         raise ValueError(f"{str(path)!r} is not a readable checkpoint (corrupt or truncated?): {exc}") from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:

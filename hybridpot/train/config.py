@@ -27,18 +27,20 @@ Uncertainty options:
 from __future__ import annotations
 
 import copy
+import math
 import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
-import yaml
-
 from hybridpot.config import resolve_model_config
+from hybridpot.io import load_yaml
 
 SCHEDULERS = ("plateau", "cosine", "constant")
 LOSSES = ("mse", "nll")
 DEVICES = ("auto", "cpu", "cuda")
 BUILTIN_PREFIX = "builtin:"
+#: Largest seed NumPy's global generator accepts (np.random.seed).
+MAX_SEED = 2**32 - 1
 
 DEFAULT_TRAIN_CONFIG: Dict[str, Any] = {
     "data": {
@@ -136,7 +138,9 @@ _OPTIONAL = {
 }
 # (key, lower bound, inclusive?) for numbers that must be positive or non-negative
 _BOUNDS = {
-    "training.epochs": (0, True),
+    "data.seed": (0, True),
+    "training.seed": (0, True),
+    "training.epochs": (1, True),
     "training.ensemble_size": (1, True),
     "training.batch_size": (1, True),
     "training.val_batch_size": (1, True),
@@ -175,6 +179,8 @@ def _check_leaf(key: str, value: Any) -> Any:
         raise ValueError(
             f"training config: {key} must be {_type_names(types)}, got {type(value).__name__} {value!r}"
         )
+    if types == _NUMBER and not math.isfinite(value):
+        raise ValueError(f"training config: {key} must be a finite number, got {value!r}")
     if key in _BOUNDS:
         low, inclusive = _BOUNDS[key]
         if value < low or (not inclusive and value == low):
@@ -242,10 +248,7 @@ def _check_choices(cfg: Dict[str, Any]) -> None:
             "training config: data.path is required (a data file, or 'builtin:rmd17_ethanol_1000.xyz')"
         )
     data["path"] = os.fspath(data["path"])
-    split = list(data["split"])
-    if len(split) != 3 or not all(isinstance(s, _NUMBER) and not isinstance(s, bool) for s in split):
-        raise ValueError(f"training config: data.split must be 3 numbers (train, val, test), got {split!r}")
-    data["split"] = split
+    data["split"] = _check_split(list(data["split"]))
     if training["scheduler"] not in SCHEDULERS:
         raise ValueError(
             f"training config: unknown training.scheduler {training['scheduler']!r}; known: {', '.join(SCHEDULERS)}"
@@ -272,6 +275,35 @@ def _check_choices(cfg: Dict[str, Any]) -> None:
         raise ValueError(f"training config: training.plateau_factor must be in (0, 1), got {training['plateau_factor']}")
     if training["min_lr"] > training["lr"]:
         raise ValueError(f"training config: training.min_lr ({training['min_lr']}) exceeds training.lr ({training['lr']})")
+    last_seed = training["seed"] + training["ensemble_size"] - 1  # ensemble member k uses seed + k
+    if last_seed > MAX_SEED:
+        raise ValueError(
+            f"training config: training.seed + training.ensemble_size - 1 must be <= {MAX_SEED} (NumPy's seed "
+            f"range), got {last_seed}"
+        )
+
+
+def _check_split(split: list) -> list:
+    """Check ``data.split`` before any data is read: 3 non-negative numbers, either frame counts (all
+    integers, summing to more than 1) or fractions summing to 1, leaving training and validation frames."""
+    if len(split) != 3 or not all(
+        isinstance(s, _NUMBER) and not isinstance(s, bool) and math.isfinite(s) for s in split
+    ):
+        raise ValueError(f"training config: data.split must be 3 numbers (train, val, test), got {split!r}")
+    if any(s < 0 for s in split):
+        raise ValueError(f"training config: data.split must be non-negative (train, val, test), got {split!r}")
+    counts = all(float(s).is_integer() for s in split) and sum(split) > 1
+    if not counts and abs(sum(split) - 1.0) > 1e-6:
+        raise ValueError(
+            f"training config: data.split must be frame counts (integers) or fractions that sum to 1, got "
+            f"{split!r} (sum {sum(split):g})"
+        )
+    for i, part in ((0, "training"), (1, "validation")):
+        if split[i] == 0:
+            raise ValueError(
+                f"training config: data.split {split!r} leaves no {part} frames; training needs at least one"
+            )
+    return split
 
 
 def resolve_data_path(path: str, base_dir: Optional[Union[str, os.PathLike]] = None) -> str:
@@ -290,19 +322,22 @@ def load_train_config(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     """Read a YAML training config and validate it.
 
     A relative ``data.path`` is resolved against the folder of the YAML file, so a config and its
-    data can move together.
+    data can move together. The file is read with :func:`hybridpot.io.load_yaml`: a key given twice
+    is an error (naming the key and both lines), not a silent "last one wins"; every error names the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"training config file {str(path)!r} does not exist")
-    with open(path) as fh:
-        try:
-            raw = yaml.safe_load(fh)
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML: {exc}") from None
+    raw = load_yaml(path, "training config")
     if raw is None:
         raw = {}
-    cfg = resolve_train_config(raw)
+    if not isinstance(raw, dict):
+        raise ValueError(
+            f"{path}: a training config must be a mapping with sections data, model, training; got "
+            f"{type(raw).__name__}"
+        )
+    try:
+        cfg = resolve_train_config(raw)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     if not cfg["data"]["path"].startswith(BUILTIN_PREFIX):
         cfg["data"]["path"] = resolve_data_path(cfg["data"]["path"], path.parent.resolve())
     return cfg

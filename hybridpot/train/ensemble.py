@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from hybridpot.io import prepare_output_dir
 from hybridpot.train.preparation import Splits
 
 ENSEMBLE_FILE = "ensemble.pt"
@@ -148,8 +149,7 @@ def train_ensemble(
         cfg["training"]["bootstrap"] = bool(bootstrap)
     cfg = resolve_train_config(cfg)  # validates the overrides
     k_members = cfg["training"]["ensemble_size"]
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = prepare_output_dir(output_dir, "ensemble output folder")
     member_dirs = [output_dir / f"member_{k}" for k in range(k_members)]
     result = EnsembleTrainResult(output_dir, None, "completed", member_dirs)
     for k, member_dir in enumerate(member_dirs):

@@ -23,16 +23,20 @@ METADATA_FILE = "hybridpot.json"
 
 
 def structure_atomic_numbers(path: PathLike) -> List[int]:
-    """Atomic numbers of the atoms in a PDB or (ext)XYZ file, in file order (first frame)."""
+    """Atomic numbers of the atoms in a PDB or (ext)XYZ file, in file order (first frame).
+
+    PDB files are read as OpenMM reads them for MD; one whose atom names repeat within a residue (which
+    OpenMM merges into one atom) raises ValueError (see :func:`hybridpot.openmm.system.read_pdb`).
+    """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"structure file {str(path)!r} does not exist")
     suffix = path.suffix.lower()
     if suffix == ".pdb":
-        import openmm.app
+        from hybridpot.openmm.system import read_pdb  # refuses files whose repeated atom names OpenMM merges
 
         numbers = []
-        for atom in openmm.app.PDBFile(str(path)).topology.atoms():
+        for atom in read_pdb(path).topology.atoms():
             if atom.element is None:
                 raise ValueError(f"{path.name}: atom {atom.index} ({atom.name}) has no element")
             numbers.append(int(atom.element.atomic_number))
@@ -51,10 +55,15 @@ def export_torchscript(
 
     The archive carries ``hybridpot.json`` (elements, cutoff, units, atomic numbers, version) as an
     extra file. For a periodic model, call ``force.setUsesPeriodicBoundaryConditions(True)`` on the
-    TorchForce. Raises ValueError for elements the model does not know.
+    TorchForce. Raises ValueError for elements the model does not know. The archive checks at every
+    call that the System has exactly these atoms and that box vectors are passed exactly when the
+    model is periodic; a mismatch raises ``openmm.OpenMMException`` with the reason (see
+    :class:`hybridpot.openmm.bindings.OpenMMModule`).
     """
     from hybridpot.openmm.bindings import OpenMMModule
 
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"export output {str(path)!r} is a folder; give a file name, e.g. model_torchscript.pt")
     numbers = [int(z) for z in atomic_numbers]
     if not numbers:
         raise ValueError("export: the structure has no atoms")

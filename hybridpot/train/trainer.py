@@ -13,6 +13,14 @@ A run folder holds::
     learning_curve.png, parity.png
 
 Under torchrun the same loop runs data-parallel (hybridpot.train.distributed); only rank 0 writes.
+
+Failures (see :mod:`hybridpot.errors`): a loss or validation error that is NaN or infinite raises
+:class:`~hybridpot.errors.TrainingDiverged` before anything of the failing epoch is saved, so
+``checkpoint.pt`` keeps the last completed epoch; its message names the epoch and step, says what
+to change and whether resuming helps (it does not: a resumed run repeats the same steps). A file that
+cannot be written (a full disk, no permission) raises ``OSError`` naming the path and saying which
+state ``checkpoint.pt`` still holds; the output folder is checked to be a writable folder before
+the data are read.
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ import torch
 import yaml
 from torch import Tensor
 
+from hybridpot.errors import TrainingDiverged
+from hybridpot.io import os_error, prepare_output_dir
 from hybridpot.model import HybridModel, build_model, load_model, save_model
 from hybridpot.train.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -107,13 +117,13 @@ class Trainer:
         self.checkpoint_path = self.output_dir / "checkpoint.pt"
         self.model_path = self.output_dir / "model.pt"
         opts = self.opts = self.config["training"]
+        prepare_output_dir(self.output_dir, "training output folder")  # before the (slow) data reading
         if not resume and self.checkpoint_path.exists():
             raise ValueError(
                 f"{str(self.output_dir)!r} already holds a training run (checkpoint.pt); resume it "
                 f"(--resume / resume=True) or choose another output folder"
             )
         checkpoint = load_checkpoint(self.checkpoint_path) if resume else None
-        self.output_dir.mkdir(parents=True, exist_ok=True)
         # data-parallel when launched by torchrun or inside a process group (hybridpot.train.distributed)
         self.dist = distributed.setup(_device(opts["device"]))
         self.device = self.dist.device(_device(opts["device"]))
@@ -179,8 +189,10 @@ class Trainer:
         self._stop_requested = False
         self._stop_agreed = False  # data-parallel: some rank had a stop request at the last step
         self._run_start = time.perf_counter()
+        self._saved: Optional[Tuple[int, int]] = None  # (epoch, step_in_epoch) that checkpoint.pt holds
         if checkpoint is not None:
             self._load(checkpoint)
+            self._saved = (self.epoch, self.step_in_epoch)
 
     # ------------------------------------------------------------------ state
     def _trained(self) -> List[Tuple[str, Tensor]]:
@@ -235,6 +247,41 @@ class Trainer:
         """Write ``checkpoint.pt`` atomically (temp file + rename); only rank 0 of a data-parallel run writes."""
         if self.dist.is_main:
             atomic_torch_save(self._state(), self.checkpoint_path)
+        self._saved = (self.epoch, self.step_in_epoch)
+
+    def _checkpoint_state(self) -> str:
+        """What ``checkpoint.pt`` holds now, in words, for error messages."""
+        if self._saved is None:
+            return "no checkpoint was written yet"
+        epoch, step = self._saved
+        what = f"the state after epoch {epoch}" if step == 0 else f"the state at step {step} of epoch {epoch + 1}"
+        return f"{self.checkpoint_path} holds {what}"
+
+    def _diverged(self, what: str) -> TrainingDiverged:
+        """The error for a NaN/inf ``what``; says what is on disk and that resuming does not help."""
+        advice = (f"lower training.lr (now {self.opts['lr']:g}) or check the data for bad labels (NaN, huge "
+                  f"forces, energies in the wrong unit)")
+        if self._saved is None:
+            disk = (f"No checkpoint was written (no epoch finished with finite weights), so there is nothing to "
+                    f"resume: run again with the new settings (the same output folder {str(self.output_dir)!r} may "
+                    f"be used).")
+        else:
+            best = ""
+            if self.best["epoch"] and self.model_path.is_file():
+                best = f", and {self.model_path} the best model so far (epoch {self.best['epoch']})"
+            disk = (f"{self._checkpoint_state()}, intact{best}; resuming it would repeat the same steps and "
+                    f"diverge again (training.lr cannot change on resume): start a new run in another output "
+                    f"folder.")
+        return TrainingDiverged(f"training diverged: {what}; {advice}. {disk}")
+
+    def _write_failed(self, exc: OSError) -> OSError:
+        """``exc`` (a failed write of a run file) with what ``checkpoint.pt`` still holds and what to do."""
+        if self._saved is None:
+            hint = "no checkpoint was written yet: fix the problem and run again"
+        else:
+            hint = (f"{self._checkpoint_state()}, intact: free disk space (or fix the permissions) and continue with "
+                    f"--resume (resume=True)")
+        return os_error(exc, f"{exc}; {hint}")
 
     def elapsed(self) -> float:
         """Seconds of training over this and earlier (resumed) runs."""
@@ -270,9 +317,9 @@ class Trainer:
             value, stops = self.dist.sum_gradients(params, value, float(self._stop_requested))
             self._stop_agreed = stops > 0
         if not math.isfinite(value):
-            raise FloatingPointError(
-                f"loss is {value} at epoch {self.epoch + 1}, step {self.step_in_epoch + 1}: lower training.lr "
-                f"or check the data"
+            raise self._diverged(
+                f"the loss is {value} at epoch {self.epoch + 1}, step {self.step_in_epoch + 1} of "
+                f"{self.steps_per_epoch} (learning rate {self.schedule.lr():.3g})"
             )
         if self.opts["clip_grad_norm"] is not None:
             torch.nn.utils.clip_grad_norm_([p for _, p in self._trained()], self.opts["clip_grad_norm"])
@@ -330,6 +377,13 @@ class Trainer:
     def _end_epoch(self, val: ErrorAccumulator) -> None:
         self.train_errors = self.dist.merge_errors(self.train_errors)
         val_f = val.flat("val_")
+        bad = [(k, v) for k, v in val_f.items() if not math.isfinite(v)]
+        if bad:  # weights no longer finite: save nothing of this epoch
+            name, value = next(((k, v) for k, v in bad if k == "val_forces_mae"), bad[0])
+            what = "force MAE" if name == "val_forces_mae" else name[len("val_"):].replace("_", " ")
+            raise self._diverged(
+                f"the validation {what} is {value} after epoch {self.epoch + 1} (the weights are no longer finite)"
+            )
         row = {
             "epoch": self.epoch + 1,
             "time_s": round(self.elapsed(), 3),
@@ -408,6 +462,8 @@ class Trainer:
         except KeyboardInterrupt:
             print(f"aborted; the checkpoint of the last completed epoch is in {self.checkpoint_path}")
             raise
+        except OSError as exc:  # a run file could not be written (full disk, permissions)
+            raise self._write_failed(exc) from exc
         finally:
             bar.close()
             torch.set_num_threads(threads)
@@ -417,7 +473,10 @@ class Trainer:
             if self.dist.is_main:
                 print(f"interrupted: checkpoint saved to {self.checkpoint_path}; continue with --resume")
             return self._result(stopped)
-        return self._finish(stopped)
+        try:
+            return self._finish(stopped)
+        except OSError as exc:
+            raise self._write_failed(exc) from exc
 
     def _on_sigint(self, signum, frame) -> None:
         if self._stop_requested:
