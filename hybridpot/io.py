@@ -194,6 +194,23 @@ def _check_unique_keys(node: yaml.Node, path: str, where: str, visited: set | No
             _check_unique_keys(item, f"{path}[{i}]", where, visited)
 
 
+def check_input_file(path: PathLike, what: str, expected: str = "a file") -> Path:
+    """``path`` as a Path if it is a readable file, else an ``OSError`` naming ``what`` and the path:
+    ``FileNotFoundError`` (missing), ``IsADirectoryError`` (a folder where ``expected`` belongs) or the
+    error of ``open`` (e.g. ``PermissionError``)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} file {str(path)!r} does not exist")
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} file {str(path)!r} is a folder, expected {expected}")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise os_error(exc, f"cannot read {what} file {str(path)!r}: {_reason(exc)}") from exc
+    return path
+
+
 def load_yaml(path: PathLike, what: str = "config") -> Any:
     """Read a YAML file with ``yaml.SafeLoader`` (no code runs), refusing duplicate keys.
 
@@ -202,11 +219,7 @@ def load_yaml(path: PathLike, what: str = "config") -> Any:
     text that is not UTF-8, not valid YAML, or a mapping with a key given twice (with both line
     numbers); ``what`` (e.g. "training config") goes into the messages.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{what} file {str(path)!r} does not exist")
-    if path.is_dir():
-        raise IsADirectoryError(f"{what} file {str(path)!r} is a folder, expected a YAML file")
+    path = check_input_file(path, what, "a YAML file")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

@@ -18,13 +18,7 @@ from hybridpot.openmm.md import SimulationUnstable, run_md
 NM = unit.nanometer
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # two threads on two shared cores made the eager model ~5x slower here
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -29,12 +29,7 @@ KJ = unit.kilojoule_per_mole
 ETHANOL_NAMES = ["C1", "C2", "O1", "H1", "H2", "H3", "H4", "H5", "H6"]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def needs_torchforce():

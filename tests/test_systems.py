@@ -37,13 +37,7 @@ SYSTEM_FACTS = {
 ALL_SYSTEMS = [*SYSTEM_FACTS, "alanine_dipeptide_water"]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # small models on two shared cores: one thread is faster
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def load_pdb(name):

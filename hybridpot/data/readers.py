@@ -23,7 +23,7 @@ import numpy as np
 
 from hybridpot import units
 from hybridpot.data.frames import Dataset, Frame
-from hybridpot.io import os_error
+from hybridpot.io import check_input_file
 
 _KIND_FACTORS: dict[str, Callable[[str], float]] = {
     "length": units.length_factor,
@@ -56,17 +56,7 @@ def check_data_file(path: str | Path) -> Path:
     ``FileNotFoundError`` when it does not exist, ``IsADirectoryError`` for a folder, the error of
     ``open`` (e.g. ``PermissionError``) when it cannot be read.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"data file {str(path)!r} does not exist")
-    if path.is_dir():
-        raise IsADirectoryError(f"data file {str(path)!r} is a folder, expected a file")
-    try:
-        with open(path, "rb"):
-            pass
-    except OSError as exc:
-        raise os_error(exc, f"cannot read data file {str(path)!r}: {exc.strerror or exc}") from exc
-    return path
+    return check_input_file(path, "data")
 
 
 def _no_frames(name: str, detail: str) -> ValueError:

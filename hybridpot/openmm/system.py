@@ -10,6 +10,7 @@ import numpy as np
 import openmm
 import openmm.app
 
+from hybridpot.io import check_input_file
 from hybridpot.model import HybridModel
 from hybridpot.openmm.bindings import make_force
 
@@ -56,11 +57,7 @@ def read_pdb(path: Union[str, os.PathLike]) -> openmm.app.PDBFile:
     naming the repeated names and the fix, when OpenMM kept fewer atoms, and for files that are not
     PDB text or hold no atoms. OSError when the file does not exist or cannot be read.
     """
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"structure file {path!r} is a folder, expected a PDB file")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"structure file {path!r} does not exist")
+    path = os.fspath(check_input_file(path, "structure", "a PDB file"))
     expected, repeated = _first_model_atom_records(path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
