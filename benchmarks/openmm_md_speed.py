@@ -1,7 +1,7 @@
 """MD speed of hybridpot inside OpenMM (ms/step, ns/day) on water boxes, next to classical OpenMM.
 
 For each box size, OpenMM platform (CPU; CUDA when torch and OpenMM both have it), backend
-(``torchforce``, ``pythonforce``) and model:
+(``torchforce``, ``pythonforce``, ``pythonforce-compile`` = PythonForce with ``torch.compile``) and model:
 
 - ``short``: the short-range model alone (E_MLP; Behler-Parrinello, 0.5 nm cutoff, default sizes)
 - ``hybrid``: MLP + NN charges + PME + D3(BJ) with a periodic model's defaults: PME accuracy 5e-4
@@ -38,7 +38,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 MODELS = ("short", "hybrid")
-BACKENDS = ("torchforce", "pythonforce")
+#: "pythonforce-compile": the PythonForce with torch.compile (create_system(..., compile=True)); its
+#: warm-up includes the compilation (tens of seconds), which the timed steps then reuse.
+BACKENDS = ("torchforce", "pythonforce", "pythonforce-compile")
 ML_TIMESTEP_PS = 0.0005
 #: Target on the CPU (issue [5/6]): the full hybrid model at ~3000 atoms costs <= 20x classical per step.
 TARGET_RATIO = 20.0
@@ -79,7 +81,9 @@ def time_ml_case(task: Dict[str, Any]) -> Dict[str, Any]:
     if task["device"] == "cuda":
         model = model.to("cuda")
     build = time.perf_counter()
-    system = create_system(model, box.topology, backend=task["backend"], verbose=False)
+    compiled = task["backend"] == "pythonforce-compile"
+    backend = "pythonforce" if compiled else task["backend"]
+    system = create_system(model, box.topology, backend=backend, verbose=False, compile=compiled)
     build = time.perf_counter() - build
     integrator = openmm.LangevinMiddleIntegrator(
         300 * unit.kelvin, 1.0 / unit.picosecond, ML_TIMESTEP_PS * unit.picosecond
@@ -192,7 +196,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         task = {
                             "size": size, "model": kind, "backend": backend, "settings": settings,
                             "platform": platform.openmm_platform, "device": platform.torch_device,
-                            "warmup": 20 if backend == "torchforce" else 3, "seconds": args.seconds,
+                            "warmup": 3 if backend == "pythonforce" else 20, "seconds": args.seconds,
                             "repeats": args.repeats, "threads": args.threads,
                         }
                         row.update(common.run_isolated(time_ml_case, task, args.timeout))

@@ -44,10 +44,20 @@ class ChargeHead(torch.nn.Module):
         raw = out[:, 0] + self.baseline.to(out.dtype).index_select(0, species)
         weight = torch.nn.functional.softplus(out[:, 1]) + 1e-3
         n_groups = group_charge.shape[0]
-        total = torch.zeros(n_groups, dtype=raw.dtype, device=raw.device).index_add(0, group, raw)
-        weight_sum = torch.zeros(n_groups, dtype=raw.dtype, device=raw.device).index_add(0, group, weight)
+        total = group_sum(raw, group, n_groups)
+        weight_sum = group_sum(weight, group, n_groups)
         excess = (group_charge.to(raw.dtype) - total) / weight_sum
         return raw + weight * excess.index_select(0, group)
+
+
+@torch.compiler.disable
+def group_sum(values: Tensor, group: Tensor, n_groups: int) -> Tensor:
+    """Sum of ``values`` (N,) over each group (G,).
+
+    Kept out of torch.compile graphs: torch 2.9's CPU code generator fused this sum with the consumer
+    of its result in one loop that read the partial sum, giving NaN charges.
+    """
+    return torch.zeros(n_groups, dtype=values.dtype, device=values.device).index_add(0, group, values)
 
 
 def dipole_moment(positions: Tensor, charges: Tensor, batch: Tensor, n_frames: int) -> Tensor:

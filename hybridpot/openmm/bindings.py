@@ -210,16 +210,26 @@ def _atom_indices(atoms, name: str) -> np.ndarray:
     return index.astype(np.int64)
 
 
-def force_from_module(module: torch.nn.Module, periodic: bool, *, backend: str = "auto", verbose: bool = True):
+def force_from_module(module: torch.nn.Module, periodic: bool, *, backend: str = "auto", verbose: bool = True,
+                      compile: bool = False):
     """Wrap ``module`` (forward(positions[, box]) -> energy) in a TorchForce or a PythonForce.
 
     ``backend``: "torchforce" (the module is scripted in memory; no file is written), "pythonforce"
     (evaluated eagerly in Python, any torch build), or "auto" (TorchForce when openmm-torch loads).
+    ``compile``: run the PythonForce's module through ``torch.compile`` (the first MD steps then take
+    tens of seconds to compile; later ones reuse the compiled code); it needs the PythonForce, so
+    "auto" then means "pythonforce" and "torchforce" is an error.
     Returns (force, backend_used). "torchforce" raises RuntimeError with the reason when openmm-torch
     cannot be loaded.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    if not isinstance(compile, bool):
+        raise ValueError(f"compile must be True or False, got {compile!r}")
+    if compile and backend == "torchforce":
+        raise ValueError("compile=True needs backend='pythonforce' (TorchForce runs TorchScript, not torch.compile)")
+    if compile:
+        backend = "pythonforce"
     if backend == "auto":
         status = load_openmm_torch()
         backend = "torchforce" if status.available else "pythonforce"
@@ -231,7 +241,7 @@ def force_from_module(module: torch.nn.Module, periodic: bool, *, backend: str =
     else:
         import openmm
 
-        force = openmm.PythonForce(_PythonComputation(module, periodic))
+        force = openmm.PythonForce(_PythonComputation(torch.compile(module) if compile else module, periodic))
     force.setUsesPeriodicBoundaryConditions(bool(periodic))
     return force, backend
 
@@ -270,16 +280,17 @@ def make_force(
     fragments: Optional[Sequence[int]] = None,
     fragment_charges: Optional[Sequence[float]] = None,
     neighbor_skin: float = 0.1,
+    compile: bool = False,
 ):
     """TorchForce or PythonForce evaluating ``model`` for these atoms; see :func:`force_from_module`
-    and, for ``neighbor_skin``, :class:`OpenMMModule`.
+    (also for ``compile``) and, for ``neighbor_skin``, :class:`OpenMMModule`.
 
     Returns (force, backend_used).
     """
     module = OpenMMModule(
         model, atomic_numbers, total_charge, fragments, fragment_charges, neighbor_skin=neighbor_skin
     )
-    return force_from_module(module, model.periodic, backend=backend, verbose=verbose)
+    return force_from_module(module, model.periodic, backend=backend, verbose=verbose, compile=compile)
 
 
 def make_torchforce(model: HybridModel, atomic_numbers: Sequence[int], total_charge: float = 0.0):

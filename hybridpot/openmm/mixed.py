@@ -146,6 +146,7 @@ def create_mixed_system(
     total_charge: Optional[float] = None,
     molecule_charges=None,
     verbose: bool = True,
+    compile: bool = False,
 ) -> openmm.System:
     """A copy of ``mm_system`` in which hybridpot describes the atoms ``ml_atoms``.
 
@@ -158,6 +159,8 @@ def create_mixed_system(
     embedding: "mechanical" or "electrostatic" (needs a model with a charge head and, for periodic
         systems, an MM NonbondedForce with PME)
     total_charge / molecule_charges: charge of the ML region, or one charge per residue of the ML region
+    compile: evaluate the ML force through ``torch.compile`` in a PythonForce (see
+        :func:`hybridpot.openmm.bindings.force_from_module`)
     """
     if embedding not in EMBEDDINGS:
         raise ValueError(f"unknown embedding {embedding!r}; known: {', '.join(EMBEDDINGS)}")
@@ -213,7 +216,7 @@ def create_mixed_system(
     module = MLRegionModule(
         model, atoms, numbers, float(total_charge or 0.0), fragments, frag_q, mm_charges, electrostatics
     )
-    system.addForce(force_from_module(module, model.periodic, backend=backend, verbose=verbose)[0])
+    system.addForce(force_from_module(module, model.periodic, backend=backend, verbose=verbose, compile=compile)[0])
     return system
 
 

@@ -157,6 +157,7 @@ def create_system(
     molecule_charges: Optional[MoleculeCharges] = None,
     verbose: bool = True,
     neighbor_skin: float = 0.1,
+    compile: bool = False,
 ) -> openmm.System:
     """An ``openmm.System`` with the topology's masses, its periodic box, and one force for the model.
 
@@ -171,6 +172,8 @@ def create_system(
     neighbor_skin: nm; periodic models keep one pair list between steps, rebuilt when an atom has
         moved more than half of this (see :class:`hybridpot.openmm.bindings.OpenMMModule`); 0 searches
         neighbours at every step (same energies, slower)
+    compile: evaluate the model through ``torch.compile`` in a PythonForce (needs backend "pythonforce"
+        or "auto"; see :func:`hybridpot.openmm.bindings.force_from_module`)
     """
     numbers = check_model_topology(model, topology)
     system = openmm.System()
@@ -187,7 +190,7 @@ def create_system(
             total_charge = float(frag_q.sum())
     force, _ = make_force(
         model, numbers, float(total_charge or 0.0), backend=backend, verbose=verbose,
-        neighbor_skin=neighbor_skin, **fragments
+        neighbor_skin=neighbor_skin, compile=compile, **fragments
     )
     system.addForce(force)
     return system
