@@ -58,6 +58,9 @@ DEFAULT_MODEL_CONFIG: Dict[str, Any] = {
     # to a per-frame energy variance "energy_var" (kJ/mol)^2; forces: also a per-atom force variance
     # "forces_var" (kJ/mol/nm)^2 per component. Trained with training.loss: nll.
     "variance": {"enabled": False, "hidden": [32], "activation": "silu", "forces": False},
+    # ZBL screened nuclear repulsion (hybridpot.physics.repulsion), switched to zero at its cutoff (nm,
+    # at most the MLP cutoff): keeps atoms apart where the training data never put them that close
+    "zbl": {"enabled": False, "cutoff": 0.2},
     # DFT-D3(BJ) dispersion
     # None values are chosen by periodicity: molecules get the dftd3 library's settings (60 and 40 bohr,
     # sharp cutoff, no tail: identical to the library); periodic models an MD preset (pair cutoff 0.7 nm,
@@ -135,6 +138,11 @@ def resolve_model_config(config: Dict[str, Any]) -> Dict[str, Any]:
         raise ValueError("electrostatics method 'direct' is for non-periodic models; use 'ewald' or 'pme'")
     if method in ("ewald", "pme") and not cfg["periodic"]:
         raise ValueError(f"electrostatics method {method!r} needs a periodic model (periodic: true)")
+    zbl_cutoff = cfg["zbl"]["cutoff"]
+    if cfg["zbl"]["enabled"] and not (
+        isinstance(zbl_cutoff, (int, float)) and not isinstance(zbl_cutoff, bool) and 0.0 < zbl_cutoff <= cfg["cutoff"]
+    ):
+        raise ValueError(f"zbl.cutoff must be a number of nm in (0, cutoff = {cfg['cutoff']}], got {zbl_cutoff!r}")
     refs = cfg["reference_energies"]
     if refs is not None:
         if not isinstance(refs, dict):

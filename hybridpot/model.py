@@ -129,6 +129,14 @@ MD_D3_CN_CUTOFF = 0.5
 MD_D3_TAPER = 0.2
 
 
+def _build_repulsion(cfg: Dict[str, Any]) -> Optional[torch.nn.Module]:
+    if not cfg["zbl"]["enabled"]:
+        return None
+    from hybridpot.physics.repulsion import ZBLRepulsion
+
+    return ZBLRepulsion(float(cfg["zbl"]["cutoff"]))
+
+
 def _build_dispersion(cfg: Dict[str, Any], numbers: List[int]) -> Optional[torch.nn.Module]:
     d = cfg["dispersion"]
     if not d["enabled"]:
@@ -154,7 +162,7 @@ class HybridModel(torch.nn.Module):
     forward(positions (N, 3), atomic_numbers (N,), box (B, 3, 3) or None, ptr (B+1,),
     total_charge (B,), fragments (N,) or None, fragment_charges (G,) or None, pairs or None) -> dict with
     "energy" (B,), "atomic_energies" (N,), "e_mlp" (B,), "features" (N, F), and when enabled
-    "charges" (N,), "dipole" (B, 3), "e_elec" (B,), "e_disp" (B,), and with a variance head
+    "charges" (N,), "dipole" (B, 3), "e_elec" (B,), "e_disp" (B,), "e_zbl" (B,), and with a variance head
     (config ``variance``) the predicted label noise "energy_var" (B,) (kJ/mol)^2 and optionally
     "forces_var" (N,) (kJ/mol/nm)^2 per component (float64). Energies are float64 whatever the
     model's dtype (see below); everything else is in the model's dtype.
@@ -187,6 +195,7 @@ class HybridModel(torch.nn.Module):
         self.variance_head = _build_variance_head(cfg, self.short_range.n_features)
         self.electrostatics = _build_electrostatics(cfg)
         self.dispersion = _build_dispersion(cfg, numbers)
+        self.zbl = _build_repulsion(cfg)
         self.to(_dtype(cfg["dtype"]))
 
     # ------------------------------------------------------------------ TorchScript path
@@ -271,6 +280,12 @@ class HybridModel(torch.nn.Module):
             e_disp = dispersion(positions, atomic_numbers, box, ptr, disp_pairs).to(torch.float64)
             out["e_disp"] = e_disp
             energy = energy + e_disp
+        zbl = self.zbl
+        if zbl is not None:  # the first half of the MLP's list holds each pair once
+            n_half = hi.shape[0]
+            e_zbl = zbl(atomic_numbers, hi, hj, distances[:n_half], batch, n_frames).to(torch.float64)
+            out["e_zbl"] = e_zbl
+            energy = energy + e_zbl
         out["energy"] = energy
         variance_head = self.variance_head
         if variance_head is not None:
@@ -448,7 +463,7 @@ class HybridModel(torch.nn.Module):
         Returns
         -------
         dict with "energy" (scalar tensor, kJ/mol), "forces" ((N, 3) kJ/mol/nm), "atomic_energies"
-        ((N,) kJ/mol), "terms" ({"mlp", "elec", "disp"} as present, kJ/mol), for models with a
+        ((N,) kJ/mol), "terms" ({"mlp", "elec", "disp", "zbl"} as present, kJ/mol), for models with a
         charge head "charges" ((N,) e) and "dipole" ((3,) e nm), and for models with a variance head
         the predicted label noise "energy_std_aleatoric" (scalar, kJ/mol) and, with
         ``variance.forces``, "forces_std_aleatoric" ((N,) kJ/mol/nm per component); all detached.

@@ -464,3 +464,28 @@ def test_ctrl_c_inside_a_python_force_is_a_keyboard_interrupt(tmp_path, monkeypa
     assert app.PDBFile(str(out / "final.pdb")).topology.getNumAtoms() == 9
     assert [int(r[0]) for r in read_state(out / "state.csv")[1]] == [5]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # run_md's handler is gone again
+
+
+def test_torchforce_keeps_working_after_the_translation_changes():
+    """The translation buffer is updated when the system drifts by whole cells; the next call must not
+    backward through the previous call's graph (it did: "Trying to backward through the graph a second
+    time" from OpenMM once the centroid had left the range)."""
+    needs_torchforce()
+    from hybridpot.openmm.bindings import make_force
+
+    model = small_model(periodic=True, charges={"enabled": True},
+                        electrostatics={"enabled": True, "method": "pme"}, dispersion={"enabled": True})
+    numbers = [8, 1, 1] * 4
+    force, _ = make_force(model, numbers, backend="torchforce", verbose=False)
+    system = openmm.System()
+    for z in numbers:
+        system.addParticle(16.0 if z == 8 else 1.0)
+    system.setDefaultPeriodicBoxVectors(openmm.Vec3(1.2, 0, 0), openmm.Vec3(0, 1.2, 0), openmm.Vec3(0, 0, 1.2))
+    system.addForce(force)
+    context = openmm.Context(system, openmm.VerletIntegrator(0.0001), openmm.Platform.getPlatformByName("Reference"))
+    start = np.random.default_rng(0).random((12, 3)) * 1.2
+    energies = []
+    for shift in (0.0, 6.0, 6.0, 13.2, 13.2, 0.0, 0.0):  # whole cells (1.2 nm): the energy is unchanged
+        context.setPositions(start + shift)
+        energies.append(context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(KJ))
+    np.testing.assert_allclose(energies, energies[0], atol=1e-4)

@@ -8,12 +8,14 @@ behind that let an interrupted run (Ctrl-C, a crash, a lost machine) continue wh
     train/            2. an ensemble (hybridpot.train.train_ensemble: finished members are not retrained,
                          interrupted ones resume from their checkpoints) -> train/ensemble.pt
     md/<run>/         3. short OpenMM MD runs on the ensemble mean (hybridpot.openmm.run_md), one per
-                         structure x temperature x trajectory; scores.npz holds every saved frame's
-                         max force std (kJ/mol/nm) and fingerprint; done when scores.npz exists
+                         structure x temperature x trajectory, each a task (:func:`explore_run`);
+                         scores.npz holds every saved frame's max force std (kJ/mol/nm) and
+                         fingerprint, written as the run returns; done when scores.npz exists
     candidates.csv    4. every frame, its score and whether it was selected (selected.xyz: the frames);
                          redone on resume, so a changed threshold takes effect
     labels/           5. one file per selected frame, <run>_<frame>.xyz (labelled by the oracle) or
-                         <run>_<frame>.failed (the oracle's error); existing files are not relabelled
+                         <run>_<frame>.failed (why it failed, after one retry), written as each label
+                         returns; existing files are not relabelled (delete a .failed file to retry it)
     labelled.xyz, summary.json   the iteration's new data and its summary (the iteration is done)
 
 ``OUTPUT/summary.csv`` gets one line per iteration (data size, validation errors of the ensemble mean,
@@ -24,6 +26,16 @@ The configuration is a training config (sections ``data``, ``model``, ``training
 :mod:`hybridpot.train.config`; ``data`` is the initial data set) plus a section ``active_learning``
 (:data:`DEFAULT_ACTIVE_LEARNING`). Run it with ``hybridpot active-learn CONFIG.yaml`` or
 :func:`run_active_learning`.
+
+The MD runs of stage 3 and the labels of stage 5 are tasks run by a
+:class:`hybridpot.active.distributed.TaskPool` (section ``active_learning.cluster``): by default a
+local Dask cluster with one single-threaded worker process per core, started when the first task is
+due and closed when :meth:`ActiveLearner.run` ends; ``workers: 1`` runs them in this process, and
+``scheduler: tcp://host:8786`` sends them to a running Dask cluster (e.g. dask-jobqueue on SLURM).
+Each result is written by this process as it returns, so a lost worker or a Ctrl-C loses no finished
+run or label. Remote workers need hybridpot installed, and for MD they read the ensemble and the PDB
+files and write ``md/<run>/`` by path: a filesystem shared with this process (labels need none).
+Training (stage 2) runs in this process.
 
 The whole configuration is validated before the first stage (values, paths, and the oracle entry
 with :func:`hybridpot.active.oracles.check_oracle_spec`), so that a typo fails in seconds rather than
@@ -36,7 +48,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import functools
 import io
 import json
 import os
@@ -46,8 +57,12 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 import numpy as np
 
-from hybridpot.active.selection import FrameScores, score_frames, select_frames
+from hybridpot.active.distributed import TaskPool, absolute_scheduler, check_cluster_settings
+from hybridpot.active.explore import explore_run
+from hybridpot.active.explore import openmm_topology as _openmm_topology
+from hybridpot.active.selection import FrameScores, select_frames
 from hybridpot.data import Dataset, Frame, read_extxyz, write_extxyz
+from hybridpot.errors import HybridpotError
 from hybridpot.io import atomic_write, atomic_write_text, load_yaml, prepare_output_dir
 from hybridpot.train.preparation import reader_options
 
@@ -75,6 +90,12 @@ DEFAULT_ACTIVE_LEARNING: Dict[str, Any] = {
     },
     "oracle": None,  # None = GFN2-xTB via tblite; else {type: tblite|pyscf|ase, ...} (hybridpot.active.oracles)
     "final_training": True,  # train an ensemble on all data after the last iteration (OUTPUT/final)
+    "cluster": {  # where MD runs and labels run (hybridpot.active.distributed.TaskPool)
+        "workers": "auto",  # local worker processes, 1 thread each: "auto" = one per core; 1 = this process, no Dask
+        "scheduler": None,  # a running Dask scheduler, tcp://host:8786, or its scheduler file (*.json, relative
+        #                     to the config file); tasks go there and workers is ignored (--scheduler on the CLI)
+        "retries": 1,  # a task that raises or whose worker dies is run again this often, then reported as failed
+    },
 }
 
 SUMMARY_COLUMNS = (
@@ -157,6 +178,8 @@ def resolve_active_config(config: Dict[str, Any], base_dir: Optional[Union[str, 
         check_oracle_spec(al["oracle"])
     except ValueError as exc:
         raise ValueError(f"active_learning.oracle: {exc}") from None
+    check_cluster_settings(al["cluster"])
+    al["cluster"]["scheduler"] = absolute_scheduler(al["cluster"]["scheduler"], base)
     return al
 
 
@@ -203,14 +226,28 @@ def load_active_config(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     return config
 
 
-class ActiveLearner:
-    """Runs (or resumes) the loop in ``output``. Stages are public so that they can be run one by one."""
+class ExplorationFailed(HybridpotError):
+    """MD runs of the explore stage failed (after their retries); the other runs are saved."""
 
-    def __init__(self, config: Dict[str, Any], output: Union[str, os.PathLike], *, log: Callable[[str], None] = print):
+
+class ActiveLearner:
+    """Runs (or resumes) the loop in ``output``. Stages are public so that they can be run one by one.
+
+    scheduler: a Dask scheduler address (or scheduler file) that overrides ``active_learning.cluster.scheduler``.
+    executor: a Dask client or ``concurrent.futures`` executor for the MD runs and labels, used instead
+        of the ``cluster`` settings (not closed here).
+    :meth:`run` closes the cluster it started; after running stages one by one, call :meth:`close`
+    (or use the learner as a context manager).
+    """
+
+    def __init__(self, config: Dict[str, Any], output: Union[str, os.PathLike], *, log: Callable[[str], None] = print,
+                 scheduler: Optional[str] = None, executor: Any = None):
         from hybridpot.train.config import resolve_train_config
 
         config = copy.deepcopy(config)
         al = config.pop("active_learning", None) or {}
+        if scheduler is not None:
+            al.setdefault("cluster", {})["scheduler"] = scheduler
         self.al = resolve_active_config({"active_learning": al})  # relative structure paths: from the cwd
         self.train_config = resolve_train_config(config)
         if self.train_config["training"]["ensemble_size"] < 2:
@@ -219,6 +256,17 @@ class ActiveLearner:
         self.output = prepare_output_dir(output, "active-learning output folder")
         self.log = log
         self._fill_elements()
+        self.pool = TaskPool(self.al["cluster"], executor=executor, log=log)
+
+    def close(self) -> None:
+        """Close the Dask cluster or client that the learner started (nothing else)."""
+        self.pool.close()
+
+    def __enter__(self) -> "ActiveLearner":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ set-up
     def _fill_elements(self) -> None:
@@ -301,59 +349,48 @@ class ActiveLearner:
         return runs
 
     def explore(self, k: int) -> Dict[str, FrameScores]:
-        """Stage 3: MD with the ensemble mean from every structure; scores of every sampled frame."""
-        import mdtraj
+        """Stage 3: MD with the ensemble mean from every structure; scores of every sampled frame.
 
-        from hybridpot.model import load_model
-        from hybridpot.openmm.md import SimulationUnstable, run_md
-        from hybridpot.openmm.system import fragment_assignment, topology_atomic_numbers
-
-        md = self.al["md"]
+        The runs not done yet are tasks (:func:`explore_run`) on :attr:`pool`; each run's
+        ``scores.npz`` is written here as it returns. Raises ExplorationFailed naming the runs that
+        failed after their retries (the others are saved; running again redoes only the failed ones).
+        """
         ensemble_path = self.iteration_dir(k) / "train" / "ensemble.pt"
         if not ensemble_path.is_file():
             self.train(k)
-        ensemble = None
+        md_dir = self.iteration_dir(k) / "md"
+        todo = [run for run in self._runs() if not (md_dir / run["name"] / "scores.npz").is_file()]
+        if todo:
+            tasks = [self._md_task(k, run, ensemble_path) for run in todo]
+
+            def save(result) -> None:
+                if not result.ok:
+                    return
+                run, s = todo[result.index], result.value
+                atomic_write(Path(tasks[result.index]["folder"]) / "scores.npz", lambda tmp: np.savez(tmp, **s))
+                n = len(s["max_force_std"])
+                self.log(f"  md {run['name']}: {n} frames, max force std "
+                         f"{(s['max_force_std'].max() if n else float('nan')):.1f} kJ/mol/nm {s['note']}")
+
+            results = self.pool.map(explore_run, tasks, on_result=save, desc=f"MD (iteration {k})", unit="run")
+            failed = [f"{todo[r.index]['name']}: {r.message}" for r in results if not r.ok]
+            if failed:
+                raise ExplorationFailed(
+                    f"{len(failed)} of {len(todo)} MD runs of iteration {k} failed: {'; '.join(failed)}. The other "
+                    f"runs are saved in {md_dir}; run the same command again to retry the failed ones")
         scores: Dict[str, FrameScores] = {}
         for run in self._runs():
-            folder = self.iteration_dir(k) / "md" / run["name"]
-            score_file = folder / "scores.npz"
-            if not score_file.is_file():
-                ensemble = ensemble or load_model(ensemble_path)
-                folder.mkdir(parents=True, exist_ok=True)
-                note = ""
-                with open(folder / "md.log", "w") as md_log:
-                    try:
-                        run_md(ensemble, run["structure"], steps=md["steps"], temperature=run["temperature"],
-                               timestep=md["timestep"], friction=md["friction"], platform=md["platform"],
-                               backend=md["backend"], output=str(folder), report_interval=md["sample_interval"],
-                               total_charge=self.al["total_charge"], molecule_charges=self.al["molecule_charges"],
-                               minimize_steps=md["minimize_steps"], seed=run["seed"], progress=False, log=md_log,
-                               stability_checks=False)  # sample where the model fails; NaN still stops
-                    except SimulationUnstable as exc:  # keep the frames written before it failed
-                        note = f"stopped early: {exc}"
-                topology = mdtraj.load_topology(run["structure"])
-                numbers = topology_atomic_numbers(_openmm_topology(run["structure"]))
-                traj_file = folder / "trajectory.dcd"
-                traj = mdtraj.load_dcd(str(traj_file), top=topology) if traj_file.is_file() else None
-                positions = [] if traj is None else list(traj.xyz.astype(np.float64))
-                boxes = None
-                if traj is not None and traj.unitcell_vectors is not None and ensemble.periodic:
-                    boxes = list(traj.unitcell_vectors.astype(np.float64))
-                frag = {}
-                if self.al["molecule_charges"] is not None:
-                    f, q = fragment_assignment(_openmm_topology(run["structure"]), self.al["molecule_charges"])
-                    frag = dict(fragments=f, fragment_charges=q)
-                s = score_frames(ensemble, positions, numbers, boxes, total_charge=self._charge(run["structure"]), **frag)
-                stack = np.asarray(positions).reshape(len(positions), len(numbers), 3)
-                cells = np.asarray(boxes) if boxes is not None else np.zeros((0, 3, 3))
-                atomic_write(score_file, lambda tmp: np.savez(
-                    tmp, max_force_std=s.max_force_std, energy_std=s.energy_std, fingerprints=s.fingerprints,
-                    positions=stack, boxes=cells, numbers=numbers, note=note))
-                self.log(f"  md {run['name']}: {len(positions)} frames, max force std "
-                         f"{(s.max_force_std.max() if len(positions) else float('nan')):.1f} kJ/mol/nm {note}")
-            with np.load(score_file) as z:
+            with np.load(md_dir / run["name"] / "scores.npz") as z:
                 scores[run["name"]] = FrameScores(z["max_force_std"], z["energy_std"], z["fingerprints"])
         return scores
+
+    def _md_task(self, k: int, run: Dict[str, Any], ensemble_path: Path) -> Dict[str, Any]:
+        """Everything :func:`explore_run` needs, as plain values (it is pickled to the workers)."""
+        return dict(ensemble=str(ensemble_path), folder=str(self.iteration_dir(k) / "md" / run["name"]),
+                    structure=run["structure"], temperature=run["temperature"], seed=run["seed"],
+                    md=dict(self.al["md"]), total_charge=self.al["total_charge"],
+                    molecule_charges=self.al["molecule_charges"], charge=self._charge(run["structure"]),
+                    threads=self.pool.task_threads)
 
     def _charge(self, structure: str) -> float:
         if self.al["molecule_charges"] is None:
@@ -394,29 +431,10 @@ class ActiveLearner:
                          source=f"{run}", index=int(index))
 
     def label(self, k: int) -> Dict[str, Any]:
-        """Stage 5: label the selected frames with the oracle (one file per frame; failures recorded)."""
-        from hybridpot.active.oracles import make_oracle
-
+        """Stage 5: label the selected frames with the oracle on :attr:`pool` (:func:`label_into`)."""
         frames = self.select(k)
         folder = self.iteration_dir(k) / "labels"
-        folder.mkdir(parents=True, exist_ok=True)
-        oracle = None
-        todo = [f for f in frames if not (folder / f"{f.source}_{f.index}.xyz").is_file()
-                and not (folder / f"{f.source}_{f.index}.failed").is_file()]
-        if todo:
-            from tqdm import tqdm
-
-            oracle = make_oracle(self.al["oracle"])
-            n_failed = 0
-            for frame in tqdm(todo, desc=f"labelling ({oracle.name})", unit="frame"):
-                # one frame at a time, each written at once: an interruption loses at most one label
-                report = oracle.label_many([frame], progress=False)
-                for done in report.frames:
-                    write_extxyz([done], folder / f"{frame.source}_{frame.index}.xyz")
-                for _, message in report.failures:
-                    n_failed += 1
-                    atomic_write_text(message + "\n", folder / f"{frame.source}_{frame.index}.failed")
-            self.log(f"  labelled {len(todo) - n_failed}/{len(todo)} frames with {oracle.name}; {n_failed} failed")
+        label_into(folder, frames, self.al["oracle"], self.pool, log=self.log)
         labelled, failed = [], []
         for f in frames:
             path = folder / f"{f.source}_{f.index}.xyz"
@@ -482,13 +500,22 @@ class ActiveLearner:
         return path
 
     def run(self) -> List[Dict[str, Any]]:
-        """Every iteration (skipping finished ones), then the final ensemble; returns the summaries."""
+        """Every iteration (skipping finished ones), then the final ensemble; returns the summaries.
+
+        Closes the cluster it started, also when interrupted.
+        """
         rows = []
-        for k in range(self.al["iterations"]):
-            row = self.iteration(k)
-            rows.append(row)
-            self.write_summary(rows)
-            self.log(summary_line(row))
+        try:
+            if self.pool.settings["scheduler"]:
+                self.pool.start()  # connect now: a wrong address fails in seconds, not after the training
+            self.log(f"MD runs and labels run on {self.pool.describe()}")
+            for k in range(self.al["iterations"]):
+                row = self.iteration(k)
+                rows.append(row)
+                self.write_summary(rows)
+                self.log(summary_line(row))
+        finally:
+            self.close()  # before the final training: its workers would sit idle
         if self.al["final_training"]:
             result = self.final()
             self.log(f"final ensemble on {len(read_extxyz(self.output / 'final' / 'data.xyz'))} frames: "
@@ -506,17 +533,51 @@ def summary_line(row: Dict[str, Any]) -> str:
             f"failed {row['n_failed']} ({row['minutes']:.1f} min)")
 
 
-@functools.lru_cache(maxsize=None)
-def _openmm_topology(structure: str):
-    """The PDB's topology, parsed once per file (numbers, fragments and charges all come from it)."""
-    import openmm.app as app
+def label_into(folder: Union[str, os.PathLike], frames: List[Frame], oracle: Any, pool: TaskPool, *,
+               log: Callable[[str], None] = print):
+    """Label the frames that have no file in ``folder`` yet, on ``pool``; returns the LabelReport (None: nothing to do).
 
-    return app.PDBFile(structure).topology
+    Each frame's file is written as its label returns: ``<source>_<index>.xyz`` (the labelled frame) or
+    ``<source>_<index>.failed`` (why it failed, after the pool's retries). Frames with either file are
+    skipped, so an interrupted call (Ctrl-C, a lost machine) continues where it stopped and nothing is
+    labelled twice. oracle: a :func:`hybridpot.active.oracles.make_oracle` entry or an Oracle.
+    """
+    from hybridpot.active.oracles import make_oracle
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    todo = [f for f in frames if not (folder / f"{f.source}_{f.index}.xyz").is_file()
+            and not (folder / f"{f.source}_{f.index}.failed").is_file()]
+    if not todo:
+        return None
+    oracle = make_oracle(oracle)
+
+    def write(i: int, done: Optional[Frame], message: Optional[str]) -> None:
+        name = f"{todo[i].source}_{todo[i].index}"
+        if done is not None:
+            write_extxyz([done], folder / f"{name}.xyz")
+        else:
+            atomic_write_text(message + "\n", folder / f"{name}.failed")
+
+    executor = pool.start()
+    report = oracle.label_many(todo, executor=executor, retries=pool.retries, max_in_flight=pool.max_in_flight,
+                               on_result=write)
+    log(f"  labelled {len(report.frames)}/{len(todo)} frames with {oracle.name} on {pool.describe()}; "
+        f"{len(report.failures)} failed")
+    return report
 
 
 def run_active_learning(config: Union[Dict[str, Any], str, os.PathLike], output: Union[str, os.PathLike],
-                        *, log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
-    """Run or resume the loop; ``config`` is a dict or the path of a YAML file."""
+                        *, log: Callable[[str], None] = print, scheduler: Optional[str] = None,
+                        executor: Any = None) -> List[Dict[str, Any]]:
+    """Run or resume the loop; ``config`` is a dict or the path of a YAML file.
+
+    scheduler: a Dask scheduler address (``tcp://host:8786``) or scheduler file; overrides
+        ``active_learning.cluster.scheduler``.
+    executor: a Dask client or ``concurrent.futures`` executor to run the MD runs and labels on
+        (overrides the ``cluster`` section; not closed).
+    """
     if not isinstance(config, dict):
         config = load_active_config(config)
-    return ActiveLearner(config, output, log=log).run()
+    with ActiveLearner(config, output, log=log, scheduler=scheduler, executor=executor) as learner:
+        return learner.run()

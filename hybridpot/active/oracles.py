@@ -18,6 +18,11 @@ so origin-dependent for charged frames; None for periodic frames).
 Failures are per frame: :meth:`Oracle.label` raises :class:`OracleError` naming the frame
 (``frame.where``) and the reason; :meth:`Oracle.label_many` records such failures, and any other
 exception raised for one frame, in its :class:`LabelReport` and goes on with the next frame.
+``label_many(frames, executor=...)`` labels on a Dask client or a ``concurrent.futures`` executor:
+each frame is one task (:func:`label_frame`, which gets the oracle's :attr:`Oracle.spec` and builds
+the oracle once per worker process and thread), each result is handed to ``on_result`` as it
+returns, and a failed frame or lost worker is retried (``retries``) before it is reported
+(:func:`hybridpot.active.distributed.map_tasks`).
 Build an oracle from a config entry with :func:`make_oracle`; :func:`check_oracle_spec` validates an
 entry without building it (the active-learning loop does so before its first stage).
 
@@ -33,11 +38,13 @@ untrusted config safe. Run only active-learning configs you trust.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
-import sys
+import json
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +104,9 @@ class Oracle:
     """Base class: validates the frame, calls :meth:`_compute`, wraps the results in a new Frame."""
 
     name: str = "oracle"
+    #: the :func:`make_oracle` entry that rebuilds this oracle (sent to workers instead of the oracle);
+    #: None: the oracle itself is pickled
+    spec: dict[str, Any] | None = None
 
     def label(self, frame: Frame) -> Frame:
         """A new Frame with the same structure and this oracle's energy, forces, charges, dipole.
@@ -124,26 +134,50 @@ class Oracle:
         except ValueError as exc:
             raise OracleError(f"{self.name} returned bad labels: {exc}") from None
 
-    def label_many(self, frames: Iterable[Frame], *, progress: bool = True) -> LabelReport:
-        """Label every frame; a failing frame is recorded in the report and never aborts the loop.
+    def label_many(
+        self, frames: Iterable[Frame], *, progress: bool = True, executor: Any = None, retries: int = 1,
+        max_in_flight: int | str | None = None,
+        on_result: Callable[[int, Frame | None, str | None], None] | None = None,
+    ) -> LabelReport:
+        """Label every frame; a failing frame is recorded in the report and never aborts the batch.
 
-        progress: show a tqdm progress bar on stderr.
+        progress: a tqdm bar on stderr (labelled / failed / running counts).
+        executor: None (one frame after the other in this process), a ``dask.distributed.Client`` or a
+            ``concurrent.futures.Executor``; each frame is one task (:func:`label_frame`), which gets
+            this oracle's :attr:`spec` and builds the oracle once per worker (or, for an oracle
+            without a spec, a pickled copy of the oracle).
+        retries: how often a failed frame (any exception, a lost worker) is tried again before it
+            is reported.
+        max_in_flight: at most this many frames submitted at a time (None: all; ``"workers"``: one
+            per worker thread, see :func:`hybridpot.active.distributed.map_tasks`).
+        on_result: ``on_result(index, frame, None)`` for a labelled frame, ``on_result(index, None,
+            message)`` for a failed one, called in this process as each frame finishes (so that the
+            caller can write it to disk at once).
         """
-        from tqdm.auto import tqdm
+        from hybridpot.active.distributed import map_tasks
 
         frames = list(frames)
         report = LabelReport(frames=[], failures=[], oracle=self.name)
+        payload = self if executor is None or self.spec is None else self.spec
+        done: dict[int, Frame] = {}
+
+        def collect(result) -> None:
+            if result.ok:
+                done[result.index] = result.value
+                message = None
+            else:
+                message = _failure_message(result.exception, result.item, result.index, result.attempts)
+                report.failures.append((result.index, message))
+            if on_result is not None:
+                on_result(result.index, result.value, message)
+
         start = time.perf_counter()
-        bar = tqdm(frames, desc=self.name, unit="frame", file=sys.stderr, disable=not progress)
-        for i, frame in enumerate(bar):
-            try:
-                report.frames.append(self.label(frame))
-                report.indices.append(i)
-            except OracleError as exc:
-                report.failures.append((i, str(exc)))
-            except Exception as exc:  # e.g. an input that is not a Frame at all
-                where = getattr(frame, "where", f"input {i}")
-                report.failures.append((i, f"{where}: {type(exc).__name__}: {exc}"))
+        map_tasks(functools.partial(label_frame, payload), frames, executor=executor, retries=retries,
+                  max_in_flight=max_in_flight, on_result=collect, progress=progress, desc=self.name,
+                  unit="frame", done_label="labelled")
+        report.indices = sorted(done)
+        report.frames = [done[i] for i in report.indices]
+        report.failures.sort()
         report.seconds = time.perf_counter() - start
         return report
 
@@ -152,6 +186,39 @@ class Oracle:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
+
+
+def _failure_message(exc: BaseException, frame: Any, index: int, attempts: int) -> str:
+    if isinstance(exc, OracleError):  # names the frame already
+        return str(exc)
+    from hybridpot.active.distributed import describe_failure
+
+    return f"{getattr(frame, 'where', f'input {index}')}: {describe_failure(exc, attempts)}"
+
+
+#: (thread id, spec) -> oracle, in each worker process (one per thread: ASE calculators are not thread-safe)
+_WORKER_ORACLES: dict[tuple[int, str], Oracle] = {}
+
+
+def worker_oracle(spec: None | str | dict[str, Any]) -> Oracle:
+    """The oracle of a :func:`make_oracle` entry, built once per process and thread and then reused
+    (a worker labels many frames; tblite and pyscf imports and ASE calculators are built once)."""
+    key = (threading.get_ident(), json.dumps(spec, sort_keys=True, default=repr))
+    oracle = _WORKER_ORACLES.get(key)
+    if oracle is None:
+        oracle = _WORKER_ORACLES[key] = make_oracle(spec)
+    return oracle
+
+
+def label_frame(oracle: Oracle | None | str | dict[str, Any], frame: Frame) -> Frame:
+    """Label one frame: the task that :meth:`Oracle.label_many` runs on workers.
+
+    oracle: an Oracle, or its :attr:`Oracle.spec` (the oracle is then built on the worker, once).
+    Raises OracleError like :meth:`Oracle.label`.
+    """
+    if not isinstance(oracle, Oracle):
+        oracle = worker_oracle(oracle)
+    return oracle.label(frame)
 
 
 def check_frame(frame: Frame) -> None:
@@ -222,6 +289,9 @@ class TBLiteOracle(Oracle):
         self.electronic_temperature, self.max_iterations = float(electronic_temperature), int(max_iterations)
         self.uhf = None if uhf is None else int(uhf)
         self.name = f"tblite:{method}"
+        self.spec = {"type": "tblite", "method": method, "accuracy": self.accuracy,
+                     "electronic_temperature": self.electronic_temperature, "max_iterations": self.max_iterations,
+                     "uhf": self.uhf, "verbose": self.verbose}
 
     def _compute(self, frame: Frame) -> _Labels:
         from tblite.interface import Calculator
@@ -300,6 +370,9 @@ class PySCFOracle(Oracle):
         self.grid_level, self.conv_tol, self.max_cycle = int(grid_level), float(conv_tol), int(max_cycle)
         self.spin = None if spin is None else int(spin)
         self.name = f"pyscf:{xc}/{basis}"
+        self.spec = {"type": "pyscf", "xc": xc, "basis": basis, "density_fit": self.density_fit,
+                     "auxbasis": auxbasis, "grid_level": self.grid_level, "conv_tol": self.conv_tol,
+                     "max_cycle": self.max_cycle, "spin": self.spin}
 
     def _compute(self, frame: Frame) -> _Labels:
         if frame.is_periodic:
@@ -499,4 +572,6 @@ def _make_ase_oracle(options: dict[str, Any]) -> ASEOracle:
         calculator = cls(**kwargs)
     except TypeError as exc:  # an unknown or missing keyword argument
         raise ValueError(f"oracle 'ase': cannot create calculator {target!r} with kwargs {kwargs!r}: {exc}") from None
-    return ASEOracle(calculator, name=options.get("name"))
+    oracle = ASEOracle(calculator, name=options.get("name"))
+    oracle.spec = {"type": "ase", **options}  # workers build their own calculator from it
+    return oracle

@@ -133,21 +133,26 @@ class OpenMMModule(torch.nn.Module):
         (whole nm), kept while the centroid stays within ``RECENTRE_DISTANCE`` of it. The pair vectors
         then keep float32's precision however far OpenMM's unwrapped coordinates have drifted.
         """
-        points = positions.detach()
-        centroid = points.mean(dim=0)
-        current = self.translation.to(device=points.device)
-        if box is not None:
-            cell = box.detach().to(points.dtype)
-            fractional = torch.linalg.solve(cell.transpose(0, 1), centroid)  # centroid = fractional @ cell
-            offset = fractional - current
-            if bool(((offset < -1.0) | (offset >= 2.0)).any()):
-                current = torch.floor(fractional)
-                self.translation.copy_(current)
-            return positions - current @ cell  # x - 0.0 == x: nothing changes near the origin
-        if bool(((centroid - current).abs() > self.recentre_distance).any()):
-            current = torch.round(centroid)
-            self.translation.copy_(current)
-        return positions - current
+        # no autograd history may reach the translation buffer: it outlives this call's graph
+        with torch.no_grad():
+            points = positions.detach()
+            centroid = points.mean(dim=0)
+            current = self.translation.to(device=points.device)
+            if box is not None:
+                cell = box.detach().to(points.dtype)
+                fractional = torch.linalg.solve(cell.transpose(0, 1), centroid)  # centroid = fractional @ cell
+                offset = fractional - current
+                if bool(((offset < -1.0) | (offset >= 2.0)).any()):
+                    current = torch.floor(fractional)
+                    self.translation.copy_(current)
+                shift = current @ cell
+            else:
+                if bool(((centroid - current).abs() > self.recentre_distance).any()):
+                    current = torch.round(centroid)
+                    self.translation.copy_(current)
+                shift = current
+            shift = shift.detach().clone()
+        return positions - shift  # x - 0.0 == x: nothing changes near the origin
 
     def model_outputs(self, positions: Tensor, box: Optional[Tensor]) -> Dict[str, Tensor]:
         """The model's output dict for the selected atoms (positions already in the model's dtype)."""

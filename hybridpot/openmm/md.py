@@ -321,7 +321,7 @@ def _check_positive(name: str, value: float, unit_name: str) -> None:
         raise ValueError(f"{name} must be a positive number of {unit_name}, got {value!r}")
 
 
-def _add_molecule_bonds(system: openmm.System, topology: app.Topology) -> None:
+def add_molecule_bonds(system: openmm.System, topology: app.Topology) -> None:
     """Zero-strength bonds along the topology's bonds.
 
     The barostat scales molecule centres; OpenMM finds molecules from the bonded forces of the
@@ -439,7 +439,7 @@ def run_md(
                            molecule_charges=molecule_charges, verbose=False)
     used_backend = _backend_of(system)
     if npt:
-        _add_molecule_bonds(system, topology)
+        add_molecule_bonds(system, topology)
         system.addForce(openmm.MonteCarloBarostat(pressure * unit.bar, temperature * unit.kelvin, barostat_interval))
 
     os.makedirs(output, exist_ok=True)
