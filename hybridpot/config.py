@@ -52,7 +52,8 @@ DEFAULT_MODEL_CONFIG: Dict[str, Any] = {
         "method": "auto",  # auto: direct for non-periodic models, pme for periodic ones; or ewald
         "accuracy": 1e-5,
         "charge_width": 0.05,  # nm, Gaussian charge width (erf damping); None for point charges
-        "cutoff": None,  # nm, real-space cutoff of Ewald/PME; None: chosen from the box
+        "cutoff": None,  # nm, real-space cutoff of Ewald/PME; None: min(max_cutoff, half the smallest box height)
+        "max_cutoff": None,  # nm, used when cutoff is None; None: 0.5 (PME at accuracy >= 1e-4), 0.8 (PME), 1.0 (Ewald)
     },
     # aleatoric uncertainty: per-atom log-variance contributions from the short-range features, summed
     # to a per-frame energy variance "energy_var" (kJ/mol)^2; forces: also a per-atom force variance

@@ -36,7 +36,9 @@ from hybridpot.io import atomic_torch_save
 from hybridpot.model import ArrayLike, HybridModel, model_from_payload, read_payload
 
 ENSEMBLE_FORMAT = "hybridpot-ensemble"
-ENSEMBLE_FORMAT_VERSION = 1
+#: 2: member configs frozen as in model format 2 (hybridpot.model.MODEL_FORMAT_VERSION); 1: as in model format 1.
+ENSEMBLE_FORMAT_VERSION = 2
+READABLE_ENSEMBLE_VERSIONS = (1, 2)
 
 
 def _check_members(members: Sequence[HybridModel]) -> None:
@@ -265,15 +267,12 @@ def save_ensemble(
 
 def ensemble_from_payload(payload: Dict[str, Any], path: str) -> EnsembleModel:
     """The EnsembleModel of a :func:`save_ensemble` payload; ``path`` names it in error messages."""
-    from hybridpot.model import MODEL_FORMAT, MODEL_FORMAT_VERSION
+    from hybridpot.model import MODEL_FORMAT, check_format_version
 
     if payload.get("format") != ENSEMBLE_FORMAT:
         raise ValueError(f"{path!r} is not a hybridpot ensemble file (no '{ENSEMBLE_FORMAT}' header)")
-    if payload.get("format_version") != ENSEMBLE_FORMAT_VERSION:
-        raise ValueError(
-            f"{path!r} has ensemble format version {payload.get('format_version')}, this hybridpot reads "
-            f"{ENSEMBLE_FORMAT_VERSION}"
-        )
+    version = payload.get("format_version")
+    check_format_version(version, READABLE_ENSEMBLE_VERSIONS, "ensemble", repr(path))
     entries = payload.get("members")
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"{path!r}: the ensemble file has no members")
@@ -281,7 +280,7 @@ def ensemble_from_payload(payload: Dict[str, Any], path: str) -> EnsembleModel:
     for k, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise ValueError(f"{path!r}: member {k} is not a model record")
-        record = {**entry, "format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION}
+        record = {**entry, "format": MODEL_FORMAT, "format_version": version}  # same numbering as models
         members.append(model_from_payload(record, f"{path!r} member {k}"))
     meta = payload.get("metadata")
     if not isinstance(meta, dict):

@@ -7,6 +7,7 @@ point that validates its input, accepts NumPy or torch, and returns forces by au
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
 
@@ -23,7 +24,10 @@ if TYPE_CHECKING:
     from hybridpot.ensemble import EnsembleModel
 
 MODEL_FORMAT = "hybridpot-model"
-MODEL_FORMAT_VERSION = 1
+#: 2: the saved config is frozen (every setting that was None or "auto" is stored as the value used).
+#: 1: settings left None were resolved at load time with the loading release's defaults.
+MODEL_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 #: Distance below which two atoms count as "on top of each other" in input validation, nm.
 MIN_DISTANCE = 0.01
 OVERLAP_SEARCH = 0.2  # nm, neighbour-search cutoff of that check
@@ -116,7 +120,8 @@ def _build_electrostatics(cfg: Dict[str, Any]) -> Optional[torch.nn.Module]:
     method = e["method"]
     if method == "auto":
         method = "pme" if cfg["periodic"] else "direct"
-    return Electrostatics(method=method, accuracy=e["accuracy"], charge_width=e["charge_width"], cutoff=e["cutoff"])
+    return Electrostatics(method=method, accuracy=e["accuracy"], charge_width=e["charge_width"], cutoff=e["cutoff"],
+                          max_cutoff=e["max_cutoff"])
 
 
 #: D3 settings of periodic models whose config leaves them None (nm): see DEFAULT_MODEL_CONFIG.
@@ -127,6 +132,34 @@ def _build_electrostatics(cfg: Dict[str, Any]) -> Optional[torch.nn.Module]:
 MD_D3_CUTOFF = 0.7
 MD_D3_CN_CUTOFF = 0.5
 MD_D3_TAPER = 0.2
+
+
+def freeze_model_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """``cfg`` (resolved) with every setting that is None or "auto" replaced by the value it stands for
+    today, so that a saved model keeps its energy when defaults change: the Behler-Parrinello angular
+    cutoff, the electrostatics method and largest real-space cutoff, and the D3 cutoffs, taper and tail
+    (the dftd3 library's for molecules, the MD preset for periodic models)."""
+    from hybridpot.physics.dispersion import DEFAULT_CN_CUTOFF, DEFAULT_CUTOFF
+    from hybridpot.physics.electrostatics import default_max_cutoff
+
+    cfg = copy.deepcopy(cfg)
+    periodic = bool(cfg["periodic"])
+    bp = cfg["behler_parrinello"]
+    if bp["angular_cutoff"] is None:
+        bp["angular_cutoff"] = 0.7 * cfg["cutoff"]  # symmetry_functions.default_parameters' rule
+    e = cfg["electrostatics"]
+    if e["method"] == "auto":
+        e["method"] = "pme" if periodic else "direct"
+    if e["max_cutoff"] is None and e["method"] != "direct":
+        e["max_cutoff"] = default_max_cutoff(e["method"], float(e["accuracy"]))
+    d = cfg["dispersion"]
+    for key, molecule, md in (("cutoff", DEFAULT_CUTOFF, MD_D3_CUTOFF), ("cn_cutoff", DEFAULT_CN_CUTOFF, MD_D3_CN_CUTOFF),
+                              ("taper_width", 0.0, MD_D3_TAPER)):
+        if d[key] is None:
+            d[key] = md if periodic else molecule
+    if d["tail_correction"] is None:
+        d["tail_correction"] = periodic
+    return cfg
 
 
 def _build_repulsion(cfg: Dict[str, Any]) -> Optional[torch.nn.Module]:
@@ -175,7 +208,7 @@ class HybridModel(torch.nn.Module):
 
     def __init__(self, config: Dict[str, Any]):
         super().__init__()
-        cfg = resolve_model_config(config)
+        cfg = freeze_model_config(resolve_model_config(config))
         self.config = cfg
         numbers = element_numbers(cfg["elements"])
         self.elements: List[int] = numbers
@@ -573,6 +606,27 @@ def _saved_config(config: Dict[str, Any]) -> Dict[str, Any]:
     return config
 
 
+def check_format_version(version: Any, readable: tuple, kind: str, path: str) -> None:
+    """ValueError unless ``version`` is one of ``readable``; a newer one asks for a newer hybridpot.
+
+    Older versions are migrated where they are read: format-1 model configs leave settings None that
+    format 2 stores, and those are filled in with this release's values (what format-1 files meant
+    when they were read by the release that wrote them, up to the D3 preset change noted in the
+    README).
+    """
+    from hybridpot import __version__
+
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ValueError(f"{path}: {kind} format version must be an integer, got {version!r}")
+    if version > max(readable):
+        raise ValueError(
+            f"{path} has {kind} format version {version}, written by a newer hybridpot; this hybridpot "
+            f"({__version__}) reads versions {', '.join(map(str, readable))}: upgrade hybridpot to load it"
+        )
+    if version not in readable:
+        raise ValueError(f"{path} has {kind} format version {version}; this hybridpot reads {', '.join(map(str, readable))}")
+
+
 def check_finite_weights(state: Dict[str, Any], path: str) -> None:
     """ValueError naming the first tensor of ``state`` that holds NaN or infinite values (a model
     saved from a diverged training would otherwise load and return NaN energies)."""
@@ -590,10 +644,7 @@ def model_from_payload(payload: Any, path: str) -> HybridModel:
     """The HybridModel of a :func:`save_model` payload; ``path`` names it in error messages."""
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         raise ValueError(f"{path} is not a hybridpot model file (no '{MODEL_FORMAT}' header)")
-    if payload.get("format_version") != MODEL_FORMAT_VERSION:
-        raise ValueError(
-            f"{path} has model format version {payload.get('format_version')}, this hybridpot reads {MODEL_FORMAT_VERSION}"
-        )
+    check_format_version(payload.get("format_version"), READABLE_FORMAT_VERSIONS, "model", path)
     try:
         model = build_model(_saved_config(payload["config"]))
     except (KeyError, TypeError) as exc:

@@ -458,12 +458,17 @@ def test_ctrl_c_inside_a_python_force_is_a_keyboard_interrupt(tmp_path, monkeypa
 
     with_bonds(monkeypatch, extra=lambda: openmm.PythonForce(ctrl_c))
     out = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
-        run_md(model_file(tmp_path), ethanol_pdb(tmp_path / "e.pdb"), steps=40, report_interval=5, output=out,
-               backend="pythonforce", minimize_steps=0, seed=1, progress=False)
+    # Python's own handler, as in an interactive session (a background job may have SIGINT ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_md(model_file(tmp_path), ethanol_pdb(tmp_path / "e.pdb"), steps=40, report_interval=5, output=out,
+                   backend="pythonforce", minimize_steps=0, seed=1, progress=False)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # run_md's handler is gone again
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert app.PDBFile(str(out / "final.pdb")).topology.getNumAtoms() == 9
     assert [int(r[0]) for r in read_state(out / "state.csv")[1]] == [5]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # run_md's handler is gone again
 
 
 def test_torchforce_keeps_working_after_the_translation_changes():

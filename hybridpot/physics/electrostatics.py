@@ -254,6 +254,14 @@ class PMEReciprocal(torch.nn.Module):
 # --- The module used by models -----------------------------------------------------------------
 
 
+def default_max_cutoff(method: str, accuracy: float) -> float:
+    """Largest real-space cutoff (nm) chosen when none is given: for PME a short cutoff with a fine mesh
+    is cheaper, unless a high accuracy makes the mesh huge; Ewald's reciprocal sum grows faster."""
+    if method == "pme":
+        return PME_DEFAULT_CUTOFF if accuracy >= 1e-4 else PME_DEFAULT_CUTOFF_ACCURATE
+    return MAX_DEFAULT_CUTOFF
+
+
 class Electrostatics(torch.nn.Module):
     """Coulomb energy per frame for a flat batch of frames; TorchScript-compatible.
 
@@ -292,6 +300,7 @@ class Electrostatics(torch.nn.Module):
         accuracy: float = 1e-5,
         charge_width: Optional[float] = None,
         cutoff: Optional[float] = None,
+        max_cutoff: Optional[float] = None,
     ):
         super().__init__()
         if method not in METHODS:
@@ -312,9 +321,9 @@ class Electrostatics(torch.nn.Module):
         self.accuracy = float(accuracy)
         self.charge_width = None if charge_width is None else float(charge_width)
         self.cutoff = None if cutoff is None else float(cutoff)
-        self.max_default_cutoff = MAX_DEFAULT_CUTOFF
-        if method == "pme":  # a short cutoff + fine mesh is cheaper, unless high accuracy makes the mesh huge
-            self.max_default_cutoff = PME_DEFAULT_CUTOFF if accuracy >= 1e-4 else PME_DEFAULT_CUTOFF_ACCURATE
+        self.max_default_cutoff = default_max_cutoff(method, accuracy) if max_cutoff is None else float(max_cutoff)
+        if not self.max_default_cutoff > 0.0:
+            raise ValueError(f"max_cutoff must be a positive distance in nm or None, got {max_cutoff}")
         self.pme = PMEReciprocal(PME_ORDER)
 
     def pair_cutoff(self, box: Tensor) -> float:
