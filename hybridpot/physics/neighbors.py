@@ -119,12 +119,6 @@ def pair_vectors(
     return vec
 
 
-def within_cutoff(i: Tensor, j: Tensor, shifts: Tensor, distances: Tensor, cutoff: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Keep only pairs with distance < ``cutoff`` (to take a shorter-range subset of a pair list)."""
-    keep = distances < cutoff
-    return i[keep], j[keep], shifts[keep], distances[keep]
-
-
 def neighbour_slots(i: Tensor, n_atoms: int) -> Tuple[Tensor, int]:
     """Place each pair in a per-atom table of neighbours, padded to the longest row.
 
