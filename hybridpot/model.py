@@ -117,10 +117,8 @@ def _build_electrostatics(cfg: Dict[str, Any]) -> Optional[torch.nn.Module]:
         return None
     from hybridpot.physics.electrostatics import Electrostatics
 
-    method = e["method"]
-    if method == "auto":
-        method = "pme" if cfg["periodic"] else "direct"
-    return Electrostatics(method=method, accuracy=e["accuracy"], charge_width=e["charge_width"], cutoff=e["cutoff"],
+    # cfg is frozen (freeze_model_config): the method is never "auto"
+    return Electrostatics(method=e["method"], accuracy=e["accuracy"], charge_width=e["charge_width"], cutoff=e["cutoff"],
                           max_cutoff=e["max_cutoff"])
 
 
@@ -176,17 +174,11 @@ def _build_dispersion(cfg: Dict[str, Any], numbers: List[int]) -> Optional[torch
         return None
     from hybridpot.physics.dispersion import D3Dispersion
 
-    periodic = bool(cfg["periodic"])
-    options: Dict[str, Any] = {"elements": numbers}
-    presets = (("cutoff", MD_D3_CUTOFF), ("cn_cutoff", MD_D3_CN_CUTOFF), ("taper_width", MD_D3_TAPER))
-    for key, md_value in presets:  # None: the library's defaults for molecules, the MD preset if periodic
-        if d[key] is not None:
-            options[key] = float(d[key])
-        elif periodic:
-            options[key] = md_value
-    tail = d["tail_correction"]
-    options["tail_correction"] = periodic if tail is None else bool(tail)
-    return D3Dispersion.from_functional(d["functional"], **options)
+    # cfg is frozen (freeze_model_config): every setting below is a value, none is None
+    return D3Dispersion.from_functional(
+        d["functional"], elements=numbers, cutoff=float(d["cutoff"]), cn_cutoff=float(d["cn_cutoff"]),
+        taper_width=float(d["taper_width"]), tail_correction=bool(d["tail_correction"]),
+    )
 
 
 class HybridModel(torch.nn.Module):
@@ -402,8 +394,6 @@ class HybridModel(torch.nn.Module):
         """``total_charge`` as a float (e); ValueError if it is not a finite number, or if it is not 0
         for a model without a charge head (which cannot represent it and would ignore it)."""
         value = real_number("total_charge", total_charge, "e")
-        if not np.isfinite(value):
-            raise ValueError(f"total_charge must be a finite number (e), got {value}")
         if value != 0.0 and self.charge_head is None:
             raise ValueError(
                 f"total_charge={value:g} needs a model with a charge head (model config charges.enabled); this "
