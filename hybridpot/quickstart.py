@@ -49,6 +49,19 @@ def quickstart_config(minutes: float, seed: int) -> Dict[str, Any]:
     }
 
 
+def _nve_totals(integrator: openmm.VerletIntegrator, context: openmm.Context, chunks: int, chunk: int) -> tuple:
+    """Total energies (kJ/mol) after each of ``chunks`` runs of ``chunk`` steps, and the drift of their
+    straight-line fit (kJ/mol/ps, not per atom)."""
+    kj = openmm.unit.kilojoule_per_mole
+    totals = []
+    for _ in range(chunks):
+        integrator.step(chunk)
+        s = context.getState(getEnergy=True)
+        totals.append((s.getPotentialEnergy() + s.getKineticEnergy()).value_in_unit(kj))
+    times = np.arange(1, chunks + 1) * chunk * integrator.getStepSize().value_in_unit(openmm.unit.picosecond)
+    return np.asarray(totals), float(np.polyfit(times, totals, 1)[0])
+
+
 def _md(model: hybridpot.HybridModel, frame, steps: int, seed: int) -> Dict[str, Any]:
     system = openmm.System()
     for z in frame.atomic_numbers:
@@ -73,14 +86,8 @@ def _md(model: hybridpot.HybridModel, frame, steps: int, seed: int) -> Dict[str,
     nve_context = openmm.Context(system, nve, openmm.Platform.getPlatformByName("CPU"))
     nve_context.setPositions(state.getPositions())
     nve_context.setVelocities(state.getVelocities())
-    totals = []
-    n_nve = max(steps, 400)
-    for _ in range(20):
-        nve.step(n_nve // 20)
-        s = nve_context.getState(getEnergy=True)
-        totals.append((s.getPotentialEnergy() + s.getKineticEnergy()).value_in_unit(kj))
-    times = np.arange(1, 21) * (n_nve // 20) * 0.00025
-    drift = float(np.polyfit(times, totals, 1)[0]) / len(frame.atomic_numbers)
+    totals, drift = _nve_totals(nve, nve_context, 20, max(steps, 400) // 20)
+    drift /= len(frame.atomic_numbers)
     return {
         "backend": backend,
         "openmm_energy_kj_mol": e_openmm,
@@ -175,12 +182,7 @@ def _hybrid_md(model, topology, positions, steps: int, seed: int) -> Dict[str, A
     e_openmm = state.getPotentialEnergy().value_in_unit(kj)
     start = _ion_charges(model, topology, state)
     nve.step(20)  # warm-up: TorchScript's profiling executor is slow on its first calls
-    totals = []
-    for _ in range(10):
-        nve.step(nve_chunk)
-        s = context.getState(getEnergy=True)
-        totals.append((s.getPotentialEnergy() + s.getKineticEnergy()).value_in_unit(kj))
-    times = np.arange(1, 11) * nve_chunk * 0.00025
+    totals, drift = _nve_totals(nve, context, 10, nve_chunk)
     state = context.getState(getPositions=True, getVelocities=True)
     # NPT from there: the barostat moves whole molecules (zero-strength bonds define them)
     npt_system = create_system(model, topology, molecule_charges=ION_CHARGES, verbose=False)
@@ -214,7 +216,7 @@ def _hybrid_md(model, topology, positions, steps: int, seed: int) -> Dict[str, A
         "density_start_g_cm3": densities[0],
         "density_end_g_cm3": densities[-1],
         "ns_per_day": 10 * chunk * 0.0005e-3 / elapsed * 86400.0,
-        "nve_drift_kj_mol_ps_atom": float(np.polyfit(times, totals, 1)[0]) / topology.getNumAtoms(),
+        "nve_drift_kj_mol_ps_atom": drift / topology.getNumAtoms(),
         "finite": bool(np.all(np.isfinite(totals)) and np.all(np.isfinite(densities))),
     }
 
