@@ -43,7 +43,7 @@ import common  # noqa: E402
 
 import hybridpot  # noqa: E402
 from hybridpot.physics.dispersion import D3Dispersion  # noqa: E402
-from hybridpot.model import MD_D3_CN_CUTOFF, MD_D3_CUTOFF, MD_D3_TAPER  # noqa: E402
+from hybridpot.model.hybrid import MD_D3_CN_CUTOFF, MD_D3_CUTOFF, MD_D3_TAPER  # noqa: E402
 from hybridpot.physics.electrostatics import Electrostatics  # noqa: E402
 
 TERMS = ("mlp", "elec", "disp", "hybrid", "openmm_pme")

@@ -4,10 +4,17 @@ E = E_MLP (local neural network) + E_elec (NN charges, Ewald/PME) + E_disp (DFT-
 Internal units are OpenMM's: nm, kJ/mol, e, ps.
 """
 
-__version__ = "0.1.0"
+from hybridpot._version import __version__  # noqa: E402
 
-from hybridpot.model import HybridModel, build_model, load_model, save_model  # noqa: E402
-from hybridpot.ensemble import EnsembleModel, load_ensemble, save_ensemble  # noqa: E402
+from hybridpot.model import (  # noqa: E402
+    EnsembleModel,
+    HybridModel,
+    build_model,
+    load_ensemble,
+    load_model,
+    save_ensemble,
+    save_model,
+)
 
 __all__ = [
     "EnsembleModel",

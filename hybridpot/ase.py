@@ -31,7 +31,7 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from hybridpot.ensemble import EnsembleModel
+from hybridpot.model import EnsembleModel
 from hybridpot.model import HybridModel, load_model
 from hybridpot.units import dipole_factor, energy_factor, force_factor, length_factor
 

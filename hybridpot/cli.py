@@ -160,7 +160,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     import hybridpot
-    from hybridpot.train.export import export_torchscript, structure_atomic_numbers
+    from hybridpot.model.export import export_torchscript
+    from hybridpot.openmm.system import structure_atomic_numbers
 
     model = hybridpot.load_model(args.model)
     numbers = structure_atomic_numbers(args.pdb or args.xyz)
@@ -173,19 +174,90 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+MOLECULE_CHARGES_HELP = (
+    "fixed charge (e) of each residue, which the model's charge head then conserves (ions, ionic liquids): "
+    "NAME=CHARGE pairs by residue name, e.g. NA=1,CL=-1,HOH=0 (residues not named are neutral), or one number "
+    "per residue in the order of STRUCTURE, e.g. 1,-1,0,0 (write --molecule-charges=-1,1,... when the list starts "
+    "with a minus sign); the total charge is then their sum. Names are OpenMM's residue names of STRUCTURE "
+    "(WAT is read as HOH). Default: none, only the total charge is conserved"
+)
+
+
+def parse_molecule_charges(text: str):
+    """``--molecule-charges`` as ``run_md`` takes it: {residue name: charge} or a list (one per residue).
+
+    "NA=1,CL=-1,HOH=0" -> {"NA": 1.0, "CL": -1.0, "HOH": 0.0}; "1,-1,0" -> [1.0, -1.0, 0.0]. ValueError,
+    naming the bad item, for an empty item, a number that is not finite, a name given twice, or a mix of
+    the two forms.
+    """
+    import math
+
+    example = "e.g. NA=1,CL=-1,HOH=0 or 1,-1,0"
+    items = [item.strip() for item in text.split(",")]
+    if not text.strip():
+        raise ValueError(f"--molecule-charges is empty; expected NAME=CHARGE pairs or numbers, {example}")
+
+    def number(value: str, item: str) -> float:
+        try:
+            q = float(value)
+        except ValueError:
+            q = None
+        if q is None or not math.isfinite(q):
+            raise ValueError(f"--molecule-charges: {item!r} has no finite number for the charge ({example})") from None
+        return q
+
+    named = any("=" in item for item in items)
+    charges = {} if named else []
+    for k, item in enumerate(items, 1):
+        if not item:
+            raise ValueError(f"--molecule-charges: item {k} of {text!r} is empty ({example})")
+        if not named:
+            charges.append(number(item, item))
+            continue
+        name, equals, value = item.partition("=")
+        name, value = name.strip(), value.strip()
+        if not equals or not name or any(c.isspace() for c in name):
+            raise ValueError(f"--molecule-charges: {item!r} is not NAME=CHARGE (all items must be NAME=CHARGE "
+                             f"pairs, or all numbers; {example})")
+        if name in charges:
+            raise ValueError(f"--molecule-charges: residue name {name!r} is given twice ({text!r})")
+        charges[name] = number(value, item)
+    return charges
+
+
+def _molecule_charges_for(text: Optional[str], structure: str):
+    """Parsed ``--molecule-charges``; a residue name that STRUCTURE lacks (a typo would silently count as
+    neutral) is refused with ValueError naming it and the structure's residue names."""
+    if text is None:
+        return None
+    charges = parse_molecule_charges(text)
+    if isinstance(charges, dict) and os.path.isfile(structure):
+        from hybridpot.openmm.system import read_pdb
+
+        present = {residue.name for residue in read_pdb(structure).topology.residues()}
+        missing = [name for name in charges if name not in present]
+        if missing:
+            raise ValueError(f"--molecule-charges: residue name{'s' if len(missing) > 1 else ''} "
+                             f"{', '.join(repr(n) for n in missing)} not in {structure} (its residue names: "
+                             f"{', '.join(sorted(present))})")
+    return charges
+
+
 def _cmd_md(args: argparse.Namespace) -> int:
-    from hybridpot.openmm.md import FINAL_FILE, SimulationUnstable, run_md
+    from hybridpot.openmm.md import FINAL_FILE, MDOptions, SimulationUnstable, run_md
     from hybridpot.openmm.reporters import ExtrapolationError
 
+    options = MDOptions(
+        steps=args.steps, temperature=args.temperature, timestep=args.timestep, friction=args.friction,
+        npt=args.npt, pressure=args.pressure, barostat_interval=args.barostat_interval, platform=args.platform,
+        backend=args.backend, report_interval=args.report_interval, total_charge=args.total_charge,
+        molecule_charges=_molecule_charges_for(args.molecule_charges, args.structure),
+        minimize_steps=args.minimize_steps, seed=args.seed, threads=args.threads,
+        uncertainty_save_threshold=args.save_uncertain, uncertainty_stop_threshold=args.stop_uncertain,
+        progress=not args.no_progress,
+    )
     try:
-        run_md(
-            args.model, args.structure, steps=args.steps, temperature=args.temperature, timestep=args.timestep,
-            friction=args.friction, npt=args.npt, pressure=args.pressure, barostat_interval=args.barostat_interval,
-            platform=args.platform, backend=args.backend, output=args.output, report_interval=args.report_interval,
-            total_charge=args.total_charge, minimize_steps=args.minimize_steps, seed=args.seed,
-            threads=args.threads, uncertainty_save_threshold=args.save_uncertain,
-            uncertainty_stop_threshold=args.stop_uncertain, progress=not args.no_progress,
-        )
+        run_md(args.model, args.structure, options, output=args.output)
     except SimulationUnstable as exc:
         print(f"hybridpot md: {exc}", file=sys.stderr)
         return 3
@@ -277,7 +349,9 @@ def _add_md_parser(sub) -> None:
     p.add_argument("--output", default="md_out", help="output folder (default: md_out)")
     p.add_argument("--report-interval", type=int, default=100,
                    help="steps between trajectory frames, state.csv rows and NaN checks (default: 100)")
-    p.add_argument("--total-charge", type=float, default=0.0, help="total charge of the system in e (default: 0)")
+    p.add_argument("--total-charge", type=float,
+                   help="total charge of the system in e (default: 0, or the sum of --molecule-charges)")
+    p.add_argument("--molecule-charges", metavar="CHARGES", help=MOLECULE_CHARGES_HELP)
     p.add_argument("--minimize-steps", type=int, default=200,
                    help="maximum iterations of the initial energy minimisation, 0 for none (default: 200)")
     p.add_argument("--seed", type=int, help="random seed for the initial velocities and the Langevin noise")

@@ -66,7 +66,7 @@ DEFAULT_MODEL_CONFIG: Dict[str, Any] = {
     # None values are chosen by periodicity: molecules get the dftd3 library's settings (60 and 40 bohr,
     # sharp cutoff, no tail: identical to the library); periodic models an MD preset (pair cutoff 0.7 nm,
     # CN cutoff 0.5 nm, 0.2 nm taper, mean-field tail): on a 1482-atom water box -6.7e-4 kJ/mol/atom and
-    # 0.19 kJ/mol/nm RMS force error vs the library at 100 bohr (hybridpot.model.MD_D3_CUTOFF; models
+    # 0.19 kJ/mol/nm RMS force error vs the library at 100 bohr (hybridpot.model.hybrid.MD_D3_CUTOFF; models
     # saved with these keys unset before 2026-12-03 used 0.8 / 0.8 nm and load with 0.7 / 0.5 nm)
     "dispersion": {
         "enabled": False,

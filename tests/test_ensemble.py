@@ -145,7 +145,7 @@ def test_file_round_trip_and_errors(tmp_path):
     with pytest.raises(ValueError, match=r"member 1: metadata \(elements \['H', 'O'\].*disagree with its config"):
         load_ensemble(tmp_path / "meta.pt")
     bad = copy.deepcopy(payload)
-    bad["members"][0]["state_dict"].pop("energy_scale")
+    bad["members"][0]["state_dict"].pop("terms.mlp.energy_scale")
     torch.save(bad, tmp_path / "weights.pt")
     with pytest.raises(ValueError, match=r"member 0: weights do not fit the model"):
         load_ensemble(tmp_path / "weights.pt")

@@ -1,7 +1,12 @@
-"""``hybridpot md`` / ``run_md``: outputs, NaN handling, input errors (issue [5/6] item 1)."""
+"""``hybridpot md`` / ``run_md``: outputs, NaN handling, input errors (issue [5/6] item 1), the
+``MDOptions`` object and its keyword overrides."""
 
 import csv
+import dataclasses
+import io
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import openmm
@@ -13,6 +18,7 @@ import hybridpot
 from hybridpot.cli import main
 from hybridpot.openmm import load_openmm_torch
 from hybridpot.openmm import md as md_module
+from hybridpot.openmm import MDOptions
 from hybridpot.openmm.md import SimulationUnstable, run_md
 
 NM = unit.nanometer
@@ -196,3 +202,127 @@ def test_md_with_ensemble_reports_uncertainty(pdb_files, tmp_path, capsys):
     # thresholds without an ensemble are an input error
     assert main(["md", model_file(tmp_path), box_pdb, "--output", str(stopped), "--stop-uncertain", "1", *common]) == 2
     assert "uncertainty thresholds need an ensemble model" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- MDOptions
+
+NACL_WATER = Path(__file__).resolve().parents[1] / "systems" / "nacl_water" / "system.pdb"
+
+
+@pytest.mark.parametrize("name, value, expected", [
+    ("steps", -1, "a non-negative integer (MD steps)"),
+    ("steps", 2.5, "a non-negative integer (MD steps)"),
+    ("temperature", 0, "a positive number of K"),
+    ("timestep", float("nan"), "a positive number of fs"),
+    ("friction", "1", "a positive number of 1/ps"),
+    ("pressure", -1.0, "a positive number of bar"),
+    ("report_interval", 0, "a positive integer (steps)"),
+    ("barostat_interval", True, "a positive integer (steps)"),
+    ("minimize_steps", -5, "a non-negative integer (iterations; 0: no minimisation)"),
+    ("seed", 0, "an integer from 1 to 2147483647 or None (OpenMM reads 0 as 'random')"),
+    ("seed", 2**31, "an integer from 1 to 2147483647 or None (OpenMM reads 0 as 'random')"),
+    ("threads", 0, "a positive integer or None"),
+    ("backend", "cuda", "one of 'auto', 'torchforce', 'pythonforce'"),
+    ("platform", "", "an OpenMM platform name such as 'CPU', 'Reference' or 'CUDA'"),
+    ("npt", "yes", "True or False"),
+    ("progress", 1, "True or False"),
+    ("total_charge", float("inf"), "a finite number of e or None"),
+    ("uncertainty_stop_threshold", -1.0, "a non-negative number of kJ/mol/nm or None"),
+])
+def test_md_options_errors_name_the_argument_the_expected_and_the_actual_value(name, value, expected):
+    message = f"{name} must be {expected}, got {value!r}"
+    with pytest.raises(ValueError) as info:
+        MDOptions(**{"steps": 10, name: value})
+    assert str(info.value) == message
+    with pytest.raises(ValueError, match=re.escape(message)):  # replace() checks again
+        dataclasses.replace(MDOptions(steps=10), **{name: value})
+    with pytest.raises(ValueError, match=re.escape(message)):  # so do run_md's keywords, before any file is read
+        run_md("missing.pt", "missing.pdb", **{"steps": 10, name: value})
+
+
+@pytest.mark.parametrize("value, message", [
+    ("NA=1", "molecule_charges must be a list with one charge (e) per residue or a {residue name: charge} "
+             "mapping, got 'NA=1'"),
+    ([1, "a"], "molecule_charges[1] must be a finite number of e, got 'a'"),
+    ({"NA": float("nan")}, "molecule_charges['NA'] must be a finite number of e, got nan"),
+    ({1: 1.0}, "molecule_charges must map residue names (non-empty strings) to charges, got the key 1"),
+    ([], "molecule_charges must be a list with one charge (e) per residue or a {residue name: charge} "
+         "mapping, got an empty list"),
+])
+def test_md_options_molecule_charges_errors(value, message):
+    with pytest.raises(ValueError) as info:
+        MDOptions(steps=1, molecule_charges=value)
+    assert str(info.value) == message
+
+
+def test_md_options_normalise_and_are_frozen():
+    options = MDOptions(steps=np.int64(20), temperature=np.float32(350.0), seed=np.int32(3),
+                        molecule_charges=np.array([1, -1, 0]))
+    assert type(options.steps) is int and type(options.temperature) is float and type(options.seed) is int
+    assert options.molecule_charges == (1.0, -1.0, 0.0)
+    charges = {"NA": 1, "CL": -1}
+    named = MDOptions(steps=1, molecule_charges=charges)
+    charges["NA"] = 5  # the options keep their own copy
+    assert named.molecule_charges == {"NA": 1.0, "CL": -1.0}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.steps = 5
+    assert MDOptions(steps=5).total_charge is None  # 0, or the sum of molecule_charges, when the run starts
+    assert hybridpot.openmm.MDOptions is MDOptions
+
+
+def test_run_md_refuses_unknown_keywords_naming_them(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(TypeError) as info:
+        run_md("missing.pt", "missing.pdb", steps=1, temprature=300, output=out)
+    message = str(info.value)
+    assert "unknown option 'temprature'" in message and "did you mean 'temperature'?" in message
+    assert "steps, temperature, timestep, friction, npt, pressure" in message and "stability_checks" in message
+    with pytest.raises(TypeError, match="unknown options 'foo', 'bar'"):
+        run_md("missing.pt", "missing.pdb", MDOptions(steps=1), foo=1, bar=2)
+    with pytest.raises(TypeError, match=r"needs the number of steps: .*MDOptions\(steps=\.\.\.\)"):
+        run_md("missing.pt", "missing.pdb", temperature=300)
+    with pytest.raises(TypeError, match="options must be an MDOptions .*got dict"):
+        run_md("missing.pt", "missing.pdb", {"steps": 1})
+    assert not out.exists()
+
+
+def _final_positions(result):
+    return app.PDBFile(result.files["final"]).getPositions(asNumpy=True).value_in_unit(NM)
+
+
+def test_options_object_and_keyword_overrides_give_the_same_run(pdb_files, tmp_path):
+    """Same seed, same settings: MDOptions, keywords alone and keywords over other options are one run."""
+    _, vacuum_pdb = pdb_files
+    model = hybridpot.load_model(model_file(tmp_path, periodic=False))
+    common = dict(steps=10, report_interval=5, minimize_steps=0, backend="pythonforce", platform="Reference",
+                  progress=False)
+
+    def run(name, *options, **overrides):
+        return run_md(model, vacuum_pdb, *options, output=tmp_path / name, log=io.StringIO(), **overrides)
+
+    by_options = run("options", MDOptions(**common, seed=7, temperature=300.0))
+    by_keywords = run("keywords", **common, seed=7, temperature=300.0)
+    overridden = run("overridden", MDOptions(**common, seed=99, temperature=500.0), seed=7, temperature=300.0)
+    other_seed = run("other", MDOptions(**common, seed=7), seed=8)
+    reference = _final_positions(by_options)
+    assert np.array_equal(_final_positions(by_keywords), reference)
+    assert np.array_equal(_final_positions(overridden), reference)
+    assert by_keywords.final_energy == by_options.final_energy == overridden.final_energy
+    assert not np.array_equal(_final_positions(other_seed), reference)  # the seed does reach the run
+    assert by_options.steps == 10 and by_options.backend == "pythonforce" and by_options.platform == "Reference"
+
+
+def test_total_charge_and_molecule_charges_must_agree(tmp_path):
+    """Checked against the structure's residues before the model is loaded (missing.pt is never read)."""
+    with pytest.raises(ValueError, match=r"total_charge is 1 e but molecule_charges add up to 0 e over the "
+                                         r"residues of .*system.pdb"):
+        run_md("missing.pt", NACL_WATER, steps=1, total_charge=1.0, molecule_charges={"NA": 1, "CL": -1},
+               output=tmp_path / "run")
+    with pytest.raises(ValueError, match="molecule_charges has 2 entries but the topology has 64 residues"):
+        run_md("missing.pt", NACL_WATER, steps=1, molecule_charges=[1, -1], output=tmp_path / "run")
+    log = io.StringIO()
+    with pytest.raises((OSError, ValueError), match="missing.pt"):  # the charges pass; the model is missing
+        run_md(tmp_path / "missing.pt", NACL_WATER, steps=1, total_charge=0, log=log, output=tmp_path / "run",
+               molecule_charges={"NA": 1, "CL": -1, "Na": 1})
+    assert "note: molecule_charges names residue Na that" in log.getvalue()
+    assert "(its residues: CL, HOH, NA)" in log.getvalue()

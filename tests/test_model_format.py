@@ -1,5 +1,6 @@
-"""A saved model means the same thing forever: format-1 files written by the previous release give the
-energies and forces recorded when they were written; format-2 files store every resolved setting."""
+"""A saved model means the same thing forever: format-1 and format-2 files written by earlier releases
+give the energies and forces recorded when they were written; files written now store every resolved
+setting."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def test_resaved_files_store_every_setting_and_keep_their_energy(name, tmp_path)
     path = tmp_path / "again.pt"
     hybridpot.save_model(model, path)
     payload = torch.load(path, weights_only=True)
-    assert payload["format_version"] == MODEL_FORMAT_VERSION == 2
+    assert payload["format_version"] == MODEL_FORMAT_VERSION == 3
     config = payload["config"]
     assert config["behler_parrinello"]["angular_cutoff"] is not None
     assert config["electrostatics"]["method"] in ("direct", "ewald", "pme")
@@ -64,7 +65,7 @@ def test_resaved_files_store_every_setting_and_keep_their_energy(name, tmp_path)
 
 def test_a_change_of_defaults_does_not_change_a_saved_model(tmp_path, monkeypatch):
     """Files written now keep the D3 preset and PME cutoff rule they were written with."""
-    import hybridpot.model as model_module
+    import hybridpot.model.hybrid as model_module
     import hybridpot.physics.electrostatics as electrostatics
 
     ref = REFERENCES["painn_periodic_hybrid"]
@@ -102,25 +103,25 @@ def test_newer_formats_and_unknown_keys_are_refused(tmp_path):
     path = tmp_path / "m.pt"
     hybridpot.save_model(model, path)
     payload = torch.load(path, weights_only=True)
-    payload["format_version"] = 3
+    payload["format_version"] = 4
     torch.save(payload, path)
-    with pytest.raises(ValueError, match="format version 3, written by a newer hybridpot.*reads versions 1, 2"):
+    with pytest.raises(ValueError, match="format version 4, written by a newer hybridpot.*reads versions 1, 2, 3"):
         hybridpot.load_model(path)
-    payload["format_version"] = 2
+    payload["format_version"] = 3
     payload["config"]["dispersion"]["cut_off"] = 0.5
     torch.save(payload, path)
     with pytest.raises(ValueError, match=r"unknown key\(s\) 'cut_off' in model config.dispersion"):
         hybridpot.load_model(path)
 
 
-def test_ensembles_of_format_1_members_load_and_resave_as_format_2(tmp_path):
+def test_ensembles_of_format_1_members_load_and_resave_as_format_3(tmp_path):
     from hybridpot.ensemble import EnsembleModel, save_ensemble
 
     member = hybridpot.load_model(os.path.join(FIXTURES, "bp_periodic_float32.pt"))
     path = tmp_path / "ens.pt"
     save_ensemble(EnsembleModel([member, member]), path)
     payload = torch.load(path, weights_only=True)
-    assert payload["format_version"] == 2
+    assert payload["format_version"] == 3
     payload["format_version"] = 1
     for entry in payload["members"]:  # as the previous release wrote them: D3 settings unset
         entry["config"]["dispersion"].update(cutoff=None, cn_cutoff=None, taper_width=None, tail_correction=None)
@@ -130,3 +131,45 @@ def test_ensembles_of_format_1_members_load_and_resave_as_format_2(tmp_path):
     out = hybridpot.load_model(path).compute(np.array(ref["positions_nm"]), ref["atomic_numbers"],
                                              np.array(ref["box_nm"]))
     assert float(out["energy"]) == pytest.approx(ref["energy_kj_mol"], rel=tolerance("float32"), abs=1e-10)
+
+
+FORMAT2 = os.path.join(os.path.dirname(__file__), "fixtures", "format2")
+with open(os.path.join(FORMAT2, "references.json")) as _handle:
+    REFERENCES2 = json.load(_handle)["models"]
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES2))
+def test_format_2_files_give_the_recorded_energies_forces_and_spreads(name):
+    """Format-2 files keep their weights under the former attribute names (short_range.*, dispersion.*):
+    loaded into the term registry (and, for the ensemble, with D3 and ZBL evaluated once for both
+    members) they give the energies, forces and spreads recorded by the release that wrote them."""
+    ref = REFERENCES2[name]
+    path = os.path.join(FORMAT2, f"{name}.pt")
+    payload = torch.load(path, weights_only=True)
+    assert payload["format_version"] == 2
+    model = hybridpot.load_model(path)
+    out = evaluate(model, ref)
+    assert float(out["energy"]) == pytest.approx(ref["energy_kj_mol"], rel=1e-10, abs=1e-10)
+    for term, value in ref.get("terms_kj_mol", {}).items():
+        assert float(out["terms"][term]) == pytest.approx(value, rel=1e-10, abs=1e-10), term
+    forces = np.array(ref["forces_kj_mol_nm"])
+    np.testing.assert_allclose(out["forces"].numpy(), forces, rtol=1e-10, atol=1e-10 * np.abs(forces).max())
+    if "energy_std_kj_mol" in ref:
+        assert isinstance(model, hybridpot.EnsembleModel) and model.share_terms
+        assert float(out["energy_std"]) == pytest.approx(ref["energy_std_kj_mol"], rel=1e-8, abs=1e-10)
+        np.testing.assert_allclose(out["forces_std"].numpy(), ref["forces_std_kj_mol_nm"], rtol=1e-8, atol=1e-10)
+    if "energy_std_aleatoric_kj_mol" in ref:
+        assert float(out["energy_std_aleatoric"]) == pytest.approx(ref["energy_std_aleatoric_kj_mol"], rel=1e-10)
+    # in memory (and so when re-saved in format 3) the weights carry the term registry's names
+    state = (model.members[0] if isinstance(model, hybridpot.EnsembleModel) else model).state_dict()
+    assert all(not key.startswith(("short_range.", "dispersion.", "charge_head.")) for key in state)
+    assert any(key.startswith("terms.mlp.network.") for key in state)
+
+
+def test_old_checkpoint_state_dicts_load_into_the_term_registry():
+    """Training checkpoints store bare state_dicts: those written before the registry load too."""
+    payload = torch.load(os.path.join(FORMAT2, "bp_molecule_zbl.pt"), weights_only=True)
+    model = hybridpot.build_model(payload["config"])
+    model.load_state_dict(payload["state_dict"], strict=True)
+    ref = REFERENCES2["bp_molecule_zbl"]
+    assert float(evaluate(model, ref)["energy"]) == pytest.approx(ref["energy_kj_mol"], rel=1e-10)

@@ -145,9 +145,9 @@ def test_ensemble_file_with_bad_metadata_or_offsets(short_range, tmp_path):
         hybridpot.load_model(path)
     save_ensemble(EnsembleModel([short_range, short_range]), path)
     payload = torch.load(path, weights_only=True)
-    payload["members"][1]["state_dict"]["energy_scale"] = torch.tensor(float("inf"), dtype=torch.float64)
+    payload["members"][1]["state_dict"]["terms.mlp.energy_scale"] = torch.tensor(float("inf"), dtype=torch.float64)
     torch.save(payload, path)
-    with pytest.raises(ValueError, match="member 1: weight tensor 'energy_scale'"):
+    with pytest.raises(ValueError, match="member 1: weight tensor 'terms.mlp.energy_scale'"):
         hybridpot.load_model(path)
 
 

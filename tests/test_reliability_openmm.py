@@ -21,7 +21,8 @@ from hybridpot.openmm.bindings import OpenMMModule, make_force
 from hybridpot.openmm.md import SimulationUnstable, run_md
 from hybridpot.openmm.mixed import MLRegionModule
 from hybridpot.physics.electrostatics import Electrostatics
-from hybridpot.train.export import export_torchscript, structure_atomic_numbers
+from hybridpot.model.export import export_torchscript
+from hybridpot.openmm.system import structure_atomic_numbers
 
 NM = unit.nanometer
 KJ = unit.kilojoule_per_mole

@@ -36,7 +36,7 @@ def test_variance_outputs_are_sums_of_atomic_terms_and_leave_energy_alone():
     model = model_with({"enabled": True, "hidden": [4], "forces": True})
     # same energy network weights: the head must not change energies or forces
     missing = model.load_state_dict(plain.state_dict(), strict=False).missing_keys
-    assert missing and all(k.startswith("variance_head.") for k in missing)
+    assert missing and all(k.startswith("terms.mlp.variance_head.") for k in missing)
     with torch.no_grad():
         model.variance_head.baseline.normal_()  # make the atoms' contributions differ
     pos, z, ptr, q = two_frames()

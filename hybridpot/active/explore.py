@@ -52,7 +52,7 @@ def explore_run(task: Dict[str, Any]) -> Dict[str, np.ndarray]:
     """
     import mdtraj
 
-    from hybridpot.openmm.md import SimulationUnstable, run_md
+    from hybridpot.openmm.md import MDOptions, SimulationUnstable, run_md
     from hybridpot.openmm.system import fragment_assignment, topology_atomic_numbers
 
     md = task["md"]
@@ -63,12 +63,16 @@ def explore_run(task: Dict[str, Any]) -> Dict[str, np.ndarray]:
     note = ""
     with open(folder / "md.log", "w") as md_log:
         try:
-            run_md(ensemble, structure, steps=md["steps"], temperature=task["temperature"],
-                   timestep=md["timestep"], friction=md["friction"], platform=md["platform"],
-                   backend=md["backend"], output=str(folder), report_interval=md["sample_interval"],
-                   total_charge=task["total_charge"], molecule_charges=task["molecule_charges"],
-                   minimize_steps=md["minimize_steps"], seed=task["seed"], threads=task["threads"], progress=False,
-                   log=md_log, stability_checks=False)  # sample where the model fails; NaN still stops
+            options = MDOptions(
+                steps=md["steps"], temperature=task["temperature"], timestep=md["timestep"],
+                friction=md["friction"], platform=md["platform"], backend=md["backend"],
+                report_interval=md["sample_interval"], minimize_steps=md["minimize_steps"], seed=task["seed"],
+                threads=task["threads"], progress=False,
+                # the structure's charge: total_charge, or the sum of molecule_charges (ActiveLearner._charge)
+                total_charge=task["charge"], molecule_charges=task["molecule_charges"],
+                stability_checks=False,  # sample where the model fails; NaN still stops
+            )
+            run_md(ensemble, structure, options, output=str(folder), log=md_log)
         except SimulationUnstable as exc:  # keep the frames written before it failed
             note = f"stopped early: {exc}"
     topology = mdtraj.load_topology(structure)

@@ -7,31 +7,16 @@ from typing import Dict, List, Tuple
 import torch
 from torch import Tensor
 
+from hybridpot.nn.layers import ACTIVATIONS, activation, mlp  # noqa: F401 (ACTIVATIONS, activation: former home)
 from hybridpot.nn.symmetry_functions import SymmetryFunctions, default_parameters
-
-ACTIVATIONS = {"silu": torch.nn.SiLU, "celu": torch.nn.CELU, "tanh": torch.nn.Tanh, "softplus": torch.nn.Softplus}
-
-
-def activation(name: str) -> torch.nn.Module:
-    """Smooth activation by name (smoothness matters: forces are derivatives of the network)."""
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; known: {', '.join(ACTIVATIONS)}")
-    return ACTIVATIONS[name]()
-
 
 class ElementNet(torch.nn.Module):
     """MLP for one element: descriptors (M, D) -> (energies (M,), last hidden layer (M, H))."""
 
     def __init__(self, n_in: int, hidden: List[int], act: str):
         super().__init__()
-        layers: List[torch.nn.Module] = []
-        width = n_in
-        for h in hidden:
-            layers.append(torch.nn.Linear(width, h))
-            layers.append(activation(act))
-            width = h
-        self.body = torch.nn.Sequential(*layers)
-        self.head = torch.nn.Linear(width, 1)
+        self.body = mlp(n_in, hidden, None, act)
+        self.head = torch.nn.Linear(int(hidden[-1]) if len(hidden) else n_in, 1)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         h = self.body(x)

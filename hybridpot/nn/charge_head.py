@@ -18,7 +18,7 @@ from typing import List
 import torch
 from torch import Tensor
 
-from hybridpot.nn.behler_parrinello import activation
+from hybridpot.nn.layers import mlp
 
 
 class ChargeHead(torch.nn.Module):
@@ -26,13 +26,7 @@ class ChargeHead(torch.nn.Module):
 
     def __init__(self, n_species: int, n_features: int, hidden: List[int], act: str = "silu"):
         super().__init__()
-        layers: List[torch.nn.Module] = []
-        width = n_features
-        for h in hidden:
-            layers += [torch.nn.Linear(width, h), activation(act)]
-            width = h
-        layers.append(torch.nn.Linear(width, 2))
-        self.mlp = torch.nn.Sequential(*layers)
+        self.mlp = mlp(n_features, hidden, 2, act)
         self.baseline = torch.nn.Parameter(torch.zeros(n_species))
         # start from tiny corrections so that an untrained model has near-baseline charges
         with torch.no_grad():

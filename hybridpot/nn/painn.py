@@ -35,11 +35,12 @@ per-pair tensors cost as much as the arithmetic). See benchmarks/README.md.
 
 # No `from __future__ import annotations`: TorchScript cannot resolve string annotations of Final.
 import math
-from typing import Dict, Final, Optional, Tuple, Type
+from typing import Final, Optional, Tuple
 
 import torch
 from torch import Tensor
 
+from hybridpot.nn.layers import mlp
 from hybridpot.physics.cutoffs import cutoff_function, cutoff_kind
 from hybridpot.physics.neighbors import neighbour_slots
 
@@ -48,21 +49,6 @@ from hybridpot.physics.neighbors import neighbour_slots
 #: batched matrix product. Liquid water at 0.5 nm: 1.3-1.4. Beyond it, padding would cost more
 #: memory than the (P, 3, F) outer product it replaces.
 MAX_PADDING = 3.0
-
-ACTIVATIONS: Dict[str, Type[torch.nn.Module]] = {
-    "silu": torch.nn.SiLU,
-    "tanh": torch.nn.Tanh,
-    "gelu": torch.nn.GELU,
-    "softplus": torch.nn.Softplus,
-}
-
-
-def make_activation(name: str) -> torch.nn.Module:
-    """A fresh activation module for ``name``; unknown names list the known ones."""
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; known: {', '.join(ACTIVATIONS)}")
-    return ACTIVATIONS[name]()
-
 
 class BesselBasis(torch.nn.Module):
     """Radial basis rbf_n(r) = sin(n pi r / r_c) / (r / r_c), n = 1 .. n_rbf.
@@ -111,11 +97,7 @@ class PaiNNMessage(torch.nn.Module):
     def __init__(self, n_features: int, n_rbf: int, activation: str) -> None:
         super().__init__()
         self.n_features = n_features
-        self.phi = torch.nn.Sequential(
-            torch.nn.Linear(n_features, n_features),
-            make_activation(activation),
-            torch.nn.Linear(n_features, 3 * n_features),
-        )
+        self.phi = mlp(n_features, [n_features], 3 * n_features, activation)
         # No bias: with the Bessel basis vanishing at r_c, the filter vanishes there too, one order
         # smoother than f_c alone (a bias would only be switched off by f_c).
         self.filter = torch.nn.Linear(n_rbf, 3 * n_features, bias=False)
@@ -189,11 +171,7 @@ class PaiNNUpdate(torch.nn.Module):
         self.eps = eps
         self.u = torch.nn.Linear(n_features, n_features, bias=False)
         self.v = torch.nn.Linear(n_features, n_features, bias=False)
-        self.mlp = torch.nn.Sequential(
-            torch.nn.Linear(2 * n_features, n_features),
-            make_activation(activation),
-            torch.nn.Linear(n_features, 3 * n_features),
-        )
+        self.mlp = mlp(2 * n_features, [n_features], 3 * n_features, activation)
 
     def forward(self, s: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
         """s: (N, F); v: (N, 3, F) -> residual updates ds (N, F), dv (N, 3, F)."""
@@ -251,7 +229,7 @@ class PaiNN(torch.nn.Module):
     n_layers: number of message + update interactions
     n_rbf: number of Bessel radial basis functions
     cutoff_function: envelope name, see ``hybridpot.physics.cutoffs.CUTOFF_FUNCTIONS``
-    activation: nonlinearity name, see ``ACTIVATIONS``
+    activation: nonlinearity name, see :data:`hybridpot.nn.layers.ACTIVATIONS`
     """
 
     n_features: Final[int]
@@ -288,11 +266,7 @@ class PaiNN(torch.nn.Module):
         self.layers = torch.nn.ModuleList(
             [PaiNNLayer(n_features, n_rbf, activation, 1e-8) for _ in range(n_layers)]
         )
-        self.readout = torch.nn.Sequential(
-            torch.nn.Linear(n_features, n_features),
-            make_activation(activation),
-            torch.nn.Linear(n_features, 1),
-        )
+        self.readout = mlp(n_features, [n_features], 1, activation)
 
     def representation(
         self, species: Tensor, i: Tensor, j: Tensor, vectors: Tensor, distances: Tensor

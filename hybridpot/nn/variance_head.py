@@ -22,7 +22,7 @@ from typing import Dict, List
 import torch
 from torch import Tensor
 
-from hybridpot.nn.behler_parrinello import activation
+from hybridpot.nn.layers import mlp
 
 #: log-variances are clamped to this range before exp() (overflow safety in float32); exp(+-30) spans
 #: standard deviations from 3e-7 to 3e6 in kJ/mol (or kJ/mol/nm), far beyond any physical noise level.
@@ -41,13 +41,7 @@ class VarianceHead(torch.nn.Module):
         self.forces = bool(forces)
         self.bound = LOG_VARIANCE_BOUND
         n_out = 2 if forces else 1
-        layers: List[torch.nn.Module] = []
-        width = n_features
-        for h in hidden:
-            layers += [torch.nn.Linear(width, h), activation(act)]
-            width = h
-        layers.append(torch.nn.Linear(width, n_out))
-        self.mlp = torch.nn.Sequential(*layers)
+        self.mlp = mlp(n_features, hidden, n_out, act)
         self.baseline = torch.nn.Parameter(torch.zeros(n_species, n_out))
         # start near the per-element baseline, like the charge head
         with torch.no_grad():

@@ -5,23 +5,28 @@ Langevin dynamics (optionally NPT with a Monte Carlo barostat) with OpenMM's rep
 cleanly when the run becomes unstable (see :class:`SimulationUnstable` for the checks): the last frame
 that passed the checks is written as a PDB file, so a blown-up run leaves something to look at.
 Ctrl-C writes the current positions to ``final.pdb``, closes the output files and re-raises
-``KeyboardInterrupt``.
+``KeyboardInterrupt``. The run's settings are an :class:`MDOptions` (or the same names as keywords
+of :func:`run_md`).
 
 Units: temperature K, time step fs, friction 1/ps, pressure bar; OpenMM's nm, kJ/mol, ps elsewhere.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
+import numbers
 import os
 import re
 import signal
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import openmm
@@ -29,8 +34,8 @@ import openmm.app as app
 import openmm.unit as unit
 
 from hybridpot.errors import HybridpotError
-from hybridpot.openmm.bindings import INTERRUPTED
-from hybridpot.openmm.system import create_system, read_pdb
+from hybridpot.openmm.bindings import BACKENDS, INTERRUPTED
+from hybridpot.openmm.system import create_system, fragment_assignment, read_pdb
 
 KJ_PER_MOL = unit.kilojoule_per_mole
 GAS_CONSTANT = 0.00831446261815324  # kJ/mol/K
@@ -103,6 +108,178 @@ class MDResult:
     initial_energy: float  # kJ/mol, before minimisation
     final_energy: float  # kJ/mol
     files: dict = field(default_factory=dict)  # name -> path
+
+
+#: Seeds OpenMM's integrators take: a C int; 0 there means "choose a random seed" (not reproducible).
+MAX_SEED = 2**31 - 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class MDOptions:
+    """The settings of one :func:`run_md` run: what ``hybridpot md``'s options set.
+
+    ``MDOptions(steps=10000, temperature=300, timestep=0.5, npt=True)``. Frozen: derive variants with
+    ``dataclasses.replace(options, temperature=350)``, or give the names as keywords to :func:`run_md`
+    (``run_md(model, "box.pdb", options, seed=2)``). Every value is checked when the object is made
+    (also by ``replace``): ValueError naming the field, what it must be and the value given.
+
+    Units: temperature K, timestep fs, friction 1/ps, pressure bar, charges e, thresholds kJ/mol/nm.
+
+    Fields
+    ------
+    steps: number of MD steps (required)
+    temperature: K, of the Langevin thermostat (and of the barostat's moves)
+    timestep: fs
+    friction: 1/ps (LangevinMiddleIntegrator)
+    npt: add a MonteCarloBarostat (periodic systems only)
+    pressure: bar; barostat_interval: steps between volume moves (both used with ``npt``)
+    platform: OpenMM platform name ("CPU", "Reference", "CUDA"); checked against the platforms of the
+        machine when the run starts
+    backend: "auto", "torchforce" or "pythonforce" (see :func:`create_system`)
+    report_interval: steps between trajectory frames, CSV rows and stability checks
+    total_charge: e; None (default): 0, or the sum of ``molecule_charges`` over the structure's
+        residues (a value that differs from that sum is refused when the run starts)
+    molecule_charges: one charge per residue, or {residue name: charge} (residues not named are
+        neutral), e.g. {"EMI": 1, "BF4": -1}: the charge head then conserves each residue's charge
+        (see :func:`create_system`). Kept as a tuple of floats or a dict of floats.
+    minimize_steps: maximum iterations of the initial energy minimisation (0: none)
+    seed: random seed of the initial velocities and the Langevin noise, 1 to 2**31 - 1 (None: random;
+        OpenMM reads 0 as "random", so it is refused)
+    threads: CPU threads for torch and for OpenMM's CPU platform (None: their defaults)
+    uncertainty_save_threshold, uncertainty_stop_threshold: ensemble models only, kJ/mol/nm: frames whose
+        largest force spread exceeds the first are appended to uncertain_frames.xyz; above the second the
+        run stops with ``hybridpot.openmm.ExtrapolationError`` (see :class:`UncertaintyReporter`)
+    progress: show a progress bar (tqdm, on stderr); without it the state is also printed to the log
+    stability_checks: stop when the run blows up with a finite energy (temperature, energy rise, per-atom
+        kinetic energy, atoms leaving their molecule; see :class:`SimulationUnstable`); False stops only on
+        non-finite energies or coordinates (exploration runs of active learning keep sampling where the
+        model is wrong)
+    """
+
+    steps: int
+    temperature: float = 300.0
+    timestep: float = 0.5
+    friction: float = 1.0
+    npt: bool = False
+    pressure: float = 1.0
+    barostat_interval: int = 25
+    platform: str = "CPU"
+    backend: str = "auto"
+    report_interval: int = 100
+    total_charge: Optional[float] = None
+    molecule_charges: Optional[Union[Sequence[float], Mapping]] = None
+    minimize_steps: int = 200
+    seed: Optional[int] = None
+    threads: Optional[int] = None
+    uncertainty_save_threshold: Optional[float] = None
+    uncertainty_stop_threshold: Optional[float] = None
+    progress: bool = True
+    stability_checks: bool = True
+
+    def __post_init__(self) -> None:
+        self._integer("steps", "a non-negative integer (MD steps)", low=0)
+        self._integer("report_interval", "a positive integer (steps)", low=1)
+        self._integer("barostat_interval", "a positive integer (steps)", low=1)
+        self._integer("minimize_steps", "a non-negative integer (iterations; 0: no minimisation)", low=0)
+        self._integer("threads", "a positive integer or None", low=1, optional=True)
+        self._integer("seed", f"an integer from 1 to {MAX_SEED} or None (OpenMM reads 0 as 'random')", low=1,
+                      high=MAX_SEED, optional=True)
+        self._real("temperature", "a positive number of K", positive=True)
+        self._real("timestep", "a positive number of fs", positive=True)
+        self._real("friction", "a positive number of 1/ps", positive=True)
+        self._real("pressure", "a positive number of bar", positive=True)
+        self._real("total_charge", "a finite number of e or None", optional=True)
+        for name in ("uncertainty_save_threshold", "uncertainty_stop_threshold"):
+            self._real(name, "a non-negative number of kJ/mol/nm or None", low=0.0, optional=True)
+        for name in ("npt", "progress", "stability_checks"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                self._fail(name, "True or False")
+            object.__setattr__(self, name, bool(getattr(self, name)))
+        if not isinstance(self.platform, str) or not self.platform:
+            self._fail("platform", "an OpenMM platform name such as 'CPU', 'Reference' or 'CUDA'")
+        if self.backend not in BACKENDS:
+            self._fail("backend", f"one of {', '.join(repr(b) for b in BACKENDS)}")
+        object.__setattr__(self, "molecule_charges", _normalise_molecule_charges(self.molecule_charges))
+
+    def _fail(self, name: str, what: str) -> None:
+        raise ValueError(f"{name} must be {what}, got {getattr(self, name)!r}")
+
+    def _integer(self, name: str, what: str, *, low: int, high: Optional[int] = None, optional: bool = False) -> None:
+        value = getattr(self, name)
+        if value is None and optional:
+            return
+        if (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < low
+                or (high is not None and value > high)):
+            self._fail(name, what)
+        object.__setattr__(self, name, int(value))
+
+    def _real(self, name: str, what: str, *, positive: bool = False, low: Optional[float] = None,
+              optional: bool = False) -> None:
+        value = getattr(self, name)
+        if value is None and optional:
+            return
+        if (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+                or (positive and value <= 0) or (low is not None and value < low)):
+            self._fail(name, what)
+        object.__setattr__(self, name, float(value))
+
+
+def _normalise_molecule_charges(value) -> Optional[Union[Tuple[float, ...], Dict[str, float]]]:
+    """``molecule_charges`` as a dict {residue name: float} or a tuple of floats; ValueError naming the bad entry."""
+    what = "a list with one charge (e) per residue or a {residue name: charge} mapping"
+    if value is None:
+        return None
+
+    def charge(x, where: str) -> float:
+        if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real) or not math.isfinite(x):
+            raise ValueError(f"{where} must be a finite number of e, got {x!r}")
+        return float(x)
+
+    if isinstance(value, Mapping):
+        result = {}
+        for name, q in value.items():
+            if not isinstance(name, str) or not name.strip():
+                raise ValueError(f"molecule_charges must map residue names (non-empty strings) to charges, got "
+                                 f"the key {name!r}")
+            result[name] = charge(q, f"molecule_charges[{name!r}]")
+        if not result:
+            raise ValueError(f"molecule_charges must be {what}, got an empty mapping")
+        return result
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+        raise ValueError(f"molecule_charges must be {what}, got {value!r}")
+    if len(value) == 0:
+        raise ValueError(f"molecule_charges must be {what}, got an empty list")
+    return tuple(charge(q, f"molecule_charges[{k}]") for k, q in enumerate(value))
+
+
+MD_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(MDOptions))
+
+
+def md_options(options: Optional[MDOptions] = None, **overrides) -> MDOptions:
+    """``options`` with ``overrides`` (MDOptions field names) applied, or MDOptions(**overrides).
+
+    TypeError for a keyword that is no MDOptions field (naming it, a close match and the fields), for
+    ``options`` that is not an MDOptions, and when no ``steps`` are given at all.
+    """
+    unknown = [name for name in overrides if name not in MD_OPTION_NAMES]
+    if unknown:
+        close = {name: difflib.get_close_matches(name, MD_OPTION_NAMES, n=1) for name in unknown}
+        hints = "".join(f" ({f'{name!r}: ' if len(unknown) > 1 else ''}did you mean {match[0]!r}?)"
+                        for name, match in close.items() if match)
+        raise TypeError(
+            f"run_md() got unknown option{'s' if len(unknown) > 1 else ''} {', '.join(repr(n) for n in unknown)}"
+            f"{hints}; the options are the MDOptions fields: {', '.join(MD_OPTION_NAMES)} (plus the keywords "
+            "output and log)"
+        )
+    if options is None:
+        if "steps" not in overrides:
+            raise TypeError("run_md() needs the number of steps: run_md(model, structure, MDOptions(steps=...)) "
+                            "or run_md(model, structure, steps=...)")
+        return MDOptions(**overrides)
+    if not isinstance(options, MDOptions):
+        raise TypeError(f"run_md() options must be an MDOptions (or None), got {type(options).__name__}: "
+                        f"{options!r}")
+    return dataclasses.replace(options, **overrides) if overrides else options
 
 
 class _FrameGuard:
@@ -316,11 +493,6 @@ def _load(model: Union[str, os.PathLike, Any]):
     return model
 
 
-def _check_positive(name: str, value: float, unit_name: str) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive number of {unit_name}, got {value!r}")
-
-
 def add_molecule_bonds(system: openmm.System, topology: app.Topology) -> None:
     """Zero-strength bonds along the topology's bonds.
 
@@ -339,61 +511,28 @@ def add_molecule_bonds(system: openmm.System, topology: app.Topology) -> None:
 def run_md(
     model: Union[str, os.PathLike, Any],
     structure: Union[str, os.PathLike],
+    options: Optional[MDOptions] = None,
     *,
-    steps: int,
-    temperature: float = 300.0,
-    timestep: float = 0.5,
-    friction: float = 1.0,
-    npt: bool = False,
-    pressure: float = 1.0,
-    barostat_interval: int = 25,
-    platform: str = "CPU",
-    backend: str = "auto",
     output: Union[str, os.PathLike] = "md_out",
-    report_interval: int = 100,
-    total_charge: float = 0.0,
-    molecule_charges=None,
-    minimize_steps: int = 200,
-    seed: Optional[int] = None,
-    threads: Optional[int] = None,
-    uncertainty_save_threshold: Optional[float] = None,
-    uncertainty_stop_threshold: Optional[float] = None,
-    progress: bool = True,
-    stability_checks: bool = True,
     log=None,
+    **overrides,
 ) -> MDResult:
     """Run Langevin MD of ``structure`` with ``model``.
+
+    ``run_md(model, "box.pdb", MDOptions(steps=10000, npt=True), output="npt")``; keywords named like
+    the :class:`MDOptions` fields override those of ``options`` (``dataclasses.replace``), or make the
+    options on their own: ``run_md(model, "box.pdb", steps=10000, temperature=350)``. A keyword that is
+    no field is refused with TypeError naming it.
 
     Parameters
     ----------
     model: a model file (``hybridpot.load_model``) or a loaded model
     structure: PDB file; its CRYST1 record makes the system periodic (the model must be periodic too)
-    steps: number of MD steps
-    temperature: K
-    timestep: fs
-    friction: 1/ps (LangevinMiddleIntegrator)
-    npt: add a MonteCarloBarostat (periodic systems only)
-    pressure: bar; barostat_interval: steps between volume moves
-    platform: OpenMM platform name ("CPU", "Reference", "CUDA")
-    backend: "auto", "torchforce" or "pythonforce"
+    options: an :class:`MDOptions` (steps, temperature, timestep, friction, npt, ..., see there)
     output: folder for trajectory.dcd, state.csv, minimized.pdb, final.pdb (last_good.pdb on failure,
         uncertainty.csv for ensembles)
-    report_interval: steps between trajectory frames, CSV rows and energy checks
-    total_charge: e
-    molecule_charges: one charge per residue, or {residue name: charge} (e.g. {"EMI": 1, "BF4": -1}):
-        the charge head then conserves each residue's charge (see :func:`create_system`)
-    minimize_steps: maximum iterations of the initial energy minimisation (0: none)
-    seed: random seed of velocities and the Langevin integrator (None: random)
-    threads: CPU threads for torch and for OpenMM's CPU platform (None: their defaults)
-    uncertainty_save_threshold, uncertainty_stop_threshold: ensemble models only, kJ/mol/nm: frames whose
-        largest force spread exceeds the first are appended to uncertain_frames.xyz; above the second the
-        run stops with ``hybridpot.openmm.ExtrapolationError`` (see :class:`UncertaintyReporter`)
-    progress: show a progress bar (tqdm, on stderr); without it the state is also printed to ``log``
-    stability_checks: stop when the run blows up with a finite energy (temperature, energy rise, per-atom
-        kinetic energy, atoms leaving their molecule; see :class:`SimulationUnstable`); False stops only on
-        non-finite energies or coordinates (exploration runs of active learning keep sampling where the
-        model is wrong)
     log: text stream for messages (default sys.stdout)
+    overrides: MDOptions fields, applied to ``options``
 
     Each reported frame and the final one are checked (finite energy and coordinates, temperature,
     rise of the potential energy, per-atom kinetic energy, atoms that left their molecule: see
@@ -406,13 +545,16 @@ def run_md(
 
     Raises
     ------
-    ValueError for bad input (messages name the option, or the atoms at fault: atoms closer than
-    0.05 nm, a PDB file whose repeated atom names OpenMM merges); SimulationUnstable when a check fails.
+    TypeError for an unknown keyword; ValueError for bad input (messages name the option, or the atoms
+    at fault: atoms closer than 0.05 nm, a PDB file whose repeated atom names OpenMM merges);
+    SimulationUnstable when a check fails.
     """
+    opts = md_options(options, **overrides)
     log = log or sys.stdout
-    _validate_options(steps=steps, threads=threads, report_interval=report_interval, temperature=temperature,
-                      timestep=timestep, friction=friction, npt=npt, pressure=pressure,
-                      barostat_interval=barostat_interval, platform=platform)
+    output = os.fspath(output)
+    known = [openmm.Platform.getPlatform(k).getName() for k in range(openmm.Platform.getNumPlatforms())]
+    if opts.platform not in known:
+        raise ValueError(f"OpenMM platform {opts.platform!r} is not available here; available: {', '.join(known)}")
     structure = os.fspath(structure)
     if not os.path.isfile(structure):
         raise ValueError(f"structure file {structure!r} does not exist")
@@ -420,27 +562,30 @@ def run_md(
     topology = pdb.topology
     _check_no_overlaps(structure, topology, np.asarray(pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer)))
     periodic = topology.getPeriodicBoxVectors() is not None
-    if npt and not periodic:
+    if opts.npt and not periodic:
         raise ValueError(
             f"--npt needs a periodic system, but {structure} has no box (no CRYST1 record); "
             "a barostat cannot change the volume of a system without one"
         )
+    total_charge = _total_charge(opts, topology, structure, log)
+    thresholds = opts.uncertainty_save_threshold is not None or opts.uncertainty_stop_threshold is not None
     from hybridpot._malloc import keep_freed_memory
 
     keep_freed_memory()  # reuse the model's large per-step temporaries instead of page-faulting them in
     net = _load(model)
     ensemble = _is_ensemble(net)
-    if not ensemble and (uncertainty_save_threshold is not None or uncertainty_stop_threshold is not None):
+    if not ensemble and thresholds:
         raise ValueError("uncertainty thresholds need an ensemble model (a file written by save_ensemble)")
-    if molecule_charges is not None and ensemble and (uncertainty_save_threshold is not None
-                                                       or uncertainty_stop_threshold is not None):
+    if opts.molecule_charges is not None and ensemble and thresholds:
         raise ValueError("uncertainty thresholds are not supported together with molecule_charges")
-    system = create_system(net, topology, backend=backend, total_charge=None if molecule_charges is not None else total_charge,
-                           molecule_charges=molecule_charges, verbose=False)
+    system = create_system(net, topology, backend=opts.backend, total_charge=total_charge,
+                           molecule_charges=opts.molecule_charges, verbose=False)
     used_backend = _backend_of(system)
-    if npt:
+    temperature = opts.temperature
+    if opts.npt:
         add_molecule_bonds(system, topology)
-        system.addForce(openmm.MonteCarloBarostat(pressure * unit.bar, temperature * unit.kelvin, barostat_interval))
+        system.addForce(openmm.MonteCarloBarostat(opts.pressure * unit.bar, temperature * unit.kelvin,
+                                                  opts.barostat_interval))
 
     os.makedirs(output, exist_ok=True)
     last_good = os.path.join(output, LAST_GOOD_FILE)
@@ -449,50 +594,53 @@ def run_md(
     files = {name: os.path.join(output, filename) for name, filename in (
         ("trajectory", TRAJECTORY_FILE), ("state", STATE_FILE), ("minimized", MINIMIZED_FILE), ("final", FINAL_FILE))}
     integrator = openmm.LangevinMiddleIntegrator(
-        temperature * unit.kelvin, friction / unit.picosecond, timestep * unit.femtosecond
+        temperature * unit.kelvin, opts.friction / unit.picosecond, opts.timestep * unit.femtosecond
     )
-    if seed is not None:
-        integrator.setRandomNumberSeed(int(seed))
+    if opts.seed is not None:
+        integrator.setRandomNumberSeed(opts.seed)
     properties = {}
-    if threads is not None:
+    if opts.threads is not None:
         import torch
 
-        torch.set_num_threads(threads)
-        if platform == "CPU":
-            properties["Threads"] = str(threads)
-    simulation = app.Simulation(topology, system, integrator, openmm.Platform.getPlatformByName(platform), properties)
+        torch.set_num_threads(opts.threads)
+        if opts.platform == "CPU":
+            properties["Threads"] = str(opts.threads)
+    simulation = app.Simulation(topology, system, integrator, openmm.Platform.getPlatformByName(opts.platform),
+                                properties)
     simulation.context.setPositions(pdb.positions)
 
-    guard = _FrameGuard(report_interval, simulation, temperature, last_good, stability_checks)
+    report_interval = opts.report_interval
+    guard = _FrameGuard(report_interval, simulation, temperature, last_good, opts.stability_checks)
     reporters: List[Any] = []
     try:
         with _interrupts_from_openmm():
-            initial = _start(simulation, guard, minimize_steps, files["minimized"], used_backend, platform, log)
-            if seed is not None:
-                simulation.context.setVelocitiesToTemperature(temperature * unit.kelvin, int(seed))
+            initial = _start(simulation, guard, opts.minimize_steps, files["minimized"], used_backend, opts.platform,
+                             log)
+            if opts.seed is not None:
+                simulation.context.setVelocitiesToTemperature(temperature * unit.kelvin, opts.seed)
             else:
                 simulation.context.setVelocitiesToTemperature(temperature * unit.kelvin)
             guard.start_dynamics(simulation.context.getState(getPositions=True, getEnergy=True))
 
             reporters.extend([guard, app.DCDReporter(files["trajectory"], report_interval)])
             columns = dict(step=True, time=True, potentialEnergy=True, kineticEnergy=True, totalEnergy=True,
-                           temperature=True, speed=True, volume=npt, density=npt)
+                           temperature=True, speed=True, volume=opts.npt, density=opts.npt)
             reporters.append(app.StateDataReporter(files["state"], report_interval, **columns))
-            if not progress:
+            if not opts.progress:
                 reporters.append(app.StateDataReporter(log, report_interval, separator="\t", **columns))
             if ensemble:
                 from hybridpot.openmm.reporters import UncertaintyReporter
 
                 files["uncertainty"] = os.path.join(output, UNCERTAINTY_FILE)
-                if uncertainty_save_threshold is not None or uncertainty_stop_threshold is not None:
+                if thresholds:
                     files["uncertain_frames"] = os.path.join(output, UNCERTAIN_FRAMES_FILE)
                 reporters.append(UncertaintyReporter(
-                    net, files["uncertainty"], report_interval, save_threshold=uncertainty_save_threshold,
-                    save_path=files.get("uncertain_frames"), stop_threshold=uncertainty_stop_threshold,
+                    net, files["uncertainty"], report_interval, save_threshold=opts.uncertainty_save_threshold,
+                    save_path=files.get("uncertain_frames"), stop_threshold=opts.uncertainty_stop_threshold,
                     total_charge=total_charge,
                 ))
             simulation.reporters.extend(reporters)
-            elapsed, timed_steps = _run_steps(simulation, guard, steps, report_interval, progress)
+            elapsed, timed_steps = _run_steps(simulation, guard, opts.steps, report_interval, opts.progress)
             state = simulation.context.getState(getEnergy=True, getPositions=True, getVelocities=True,
                                                 enforcePeriodicBox=periodic)
     except KeyboardInterrupt:
@@ -510,10 +658,35 @@ def run_md(
     final = state.getPotentialEnergy().value_in_unit(KJ_PER_MOL)
     _write_pdb(files["final"], topology, state)
     ms = 1e3 * elapsed / timed_steps if timed_steps else float("nan")
-    ns_day = timestep * 1e-6 * timed_steps / elapsed * 86400.0 if timed_steps and elapsed > 0 else float("nan")
-    print(f"done: {steps} steps of {timestep:g} fs, {ms:.2f} ms/step, {ns_day:.3f} ns/day; "
+    ns_day = opts.timestep * 1e-6 * timed_steps / elapsed * 86400.0 if timed_steps and elapsed > 0 else float("nan")
+    print(f"done: {opts.steps} steps of {opts.timestep:g} fs, {ms:.2f} ms/step, {ns_day:.3f} ns/day; "
           f"final energy {final:.4f} kJ/mol; files in {output}/", file=log)
-    return MDResult(steps, used_backend, platform, ns_day, ms, initial, final, files)
+    return MDResult(opts.steps, used_backend, opts.platform, ns_day, ms, initial, final, files)
+
+
+def _total_charge(opts: MDOptions, topology: app.Topology, structure: str, log) -> float:
+    """The system's total charge (e): ``opts.total_charge``, or the sum of ``opts.molecule_charges``.
+
+    ValueError when both are given and differ, or when a per-residue list does not fit the structure;
+    residue names of a mapping that the structure lacks are noted in ``log`` (they have no effect).
+    """
+    if opts.molecule_charges is None:
+        return 0.0 if opts.total_charge is None else opts.total_charge
+    _, fragment_charges = fragment_assignment(topology, opts.molecule_charges)
+    charge_sum = float(fragment_charges.sum())
+    if opts.total_charge is not None and abs(opts.total_charge - charge_sum) > 1e-6:
+        raise ValueError(
+            f"total_charge is {opts.total_charge:g} e but molecule_charges add up to {charge_sum:g} e over the residues "
+            f"of {structure}: give only molecule_charges (the total follows from them) or make them agree"
+        )
+    if isinstance(opts.molecule_charges, Mapping):
+        present = {residue.name for residue in topology.residues()}
+        missing = [name for name in opts.molecule_charges if name not in present]
+        if missing:
+            print(f"note: molecule_charges names residue{'s' if len(missing) > 1 else ''} "
+                  f"{', '.join(missing)} that {structure} does not have (its residues: {', '.join(sorted(present))})",
+                  file=log)
+    return charge_sum
 
 
 @contextmanager
@@ -557,26 +730,6 @@ def _write_interrupted(simulation: app.Simulation, path: str, periodic: bool, lo
     else:
         print(f"interrupted at step {simulation.currentStep}: the positions are not finite, {path} was not written",
               file=log)
-
-
-def _validate_options(*, steps, threads, report_interval, temperature, timestep, friction, npt, pressure,
-                      barostat_interval, platform) -> None:
-    for name, value, what in (("steps", steps, "a non-negative integer"), ("threads", threads, "a positive integer"),
-                              ("report interval", report_interval, "a positive number of steps"),
-                              ("barostat interval", barostat_interval, "a positive number of steps")):
-        if value is None and name == "threads":
-            continue
-        smallest = 0 if name == "steps" else 1
-        if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
-            raise ValueError(f"{name} must be {what}, got {value!r}")
-    _check_positive("temperature", temperature, "K")
-    _check_positive("timestep", timestep, "fs")
-    _check_positive("friction", friction, "1/ps")
-    if npt:
-        _check_positive("pressure", pressure, "bar")
-    known = [openmm.Platform.getPlatform(k).getName() for k in range(openmm.Platform.getNumPlatforms())]
-    if platform not in known:
-        raise ValueError(f"OpenMM platform {platform!r} is not available here; available: {', '.join(known)}")
 
 
 def _write_pdb(path: str, topology: app.Topology, state: openmm.State) -> None:

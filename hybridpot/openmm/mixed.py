@@ -31,7 +31,8 @@ import torch
 from torch import Tensor
 
 from hybridpot.model import HybridModel
-from hybridpot.openmm.bindings import BACKENDS, OpenMMModule, _atom_indices, force_from_module
+from hybridpot.model.export import OpenMMModule, atom_indices
+from hybridpot.openmm.bindings import BACKENDS, force_from_module
 from hybridpot.openmm.system import fragment_assignment, topology_atomic_numbers
 from hybridpot.physics.electrostatics import Electrostatics
 
@@ -169,7 +170,7 @@ def create_mixed_system(
     n_all = mm_system.getNumParticles()
     if topology.getNumAtoms() != n_all:
         raise ValueError(f"topology has {topology.getNumAtoms()} atoms but mm_system has {n_all} particles")
-    atoms = [int(a) for a in _atom_indices(ml_atoms, "ml_atoms")]
+    atoms = [int(a) for a in atom_indices(ml_atoms, "ml_atoms")]
     bad = [a for a in atoms if not 0 <= a < n_all]
     if bad:
         raise ValueError(f"ml_atoms indices {bad[:10]} are out of range for a system of {n_all} atoms")

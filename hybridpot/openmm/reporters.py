@@ -1,7 +1,7 @@
 """OpenMM reporter that watches an ensemble's disagreement during MD.
 
 Every ``report_interval`` steps :class:`UncertaintyReporter` evaluates an
-:class:`~hybridpot.ensemble.EnsembleModel` on the current positions (and box), writes a CSV line,
+:class:`~hybridpot.model.EnsembleModel` on the current positions (and box), writes a CSV line,
 and optionally saves the frame for labelling (active learning) or stops the run with
 :class:`ExtrapolationError` when the members disagree too much::
 
@@ -100,7 +100,7 @@ class UncertaintyReporter:
         total_charge: float = 0.0,
         save_length_unit: str = "angstrom",
     ):
-        from hybridpot.ensemble import EnsembleModel
+        from hybridpot.model import EnsembleModel
 
         if not isinstance(ensemble, EnsembleModel):
             raise ValueError(

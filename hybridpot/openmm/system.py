@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import warnings
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -194,3 +195,30 @@ def create_system(
     )
     system.addForce(force)
     return system
+
+
+STRUCTURE_FORMATS = (".pdb", ".xyz", ".extxyz")
+
+
+def structure_atomic_numbers(path: Union[str, os.PathLike]) -> List[int]:
+    """Atomic numbers of the atoms in a PDB or (ext)XYZ file, in file order (first frame).
+
+    PDB files are read as OpenMM reads them for MD; one whose atom names repeat within a residue (which
+    OpenMM merges into one atom) raises ValueError (see :func:`hybridpot.openmm.system.read_pdb`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"structure file {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".pdb":
+        numbers = []
+        for atom in read_pdb(path).topology.atoms():
+            if atom.element is None:
+                raise ValueError(f"{path.name}: atom {atom.index} ({atom.name}) has no element")
+            numbers.append(int(atom.element.atomic_number))
+        return numbers
+    if suffix in (".xyz", ".extxyz"):
+        import ase.io
+
+        return [int(z) for z in ase.io.read(str(path), index=0).get_atomic_numbers()]
+    raise ValueError(f"{path.name}: unsupported structure format {path.suffix!r}; supported: {', '.join(STRUCTURE_FORMATS)}")

@@ -61,6 +61,7 @@ from torch import Tensor
 
 from hybridpot.physics.cutoffs import polynomial_cutoff
 from hybridpot.physics.d3_params import d3bj_parameters
+from hybridpot.physics.base import EnergyTerm, Frames, Pairs, within
 from hybridpot.physics.neighbors import batch_neighbors
 from hybridpot.units import KJ_PER_MOL_PER_HARTREE, NM_PER_ANGSTROM, NM_PER_BOHR
 
@@ -136,7 +137,7 @@ def tail_integrals(
     return total
 
 
-class D3Dispersion(torch.nn.Module):
+class D3Dispersion(EnergyTerm):
     """DFT-D3(BJ) two-body dispersion energy (s9 = 0) of a flat batch of frames.
 
     Parameters
@@ -157,6 +158,7 @@ class D3Dispersion(torch.nn.Module):
     D3BJ_PARAMETERS`.
     """
 
+    shared = True  # depends on geometry and elements only: computed once per ensemble
     s6: Final[float]
     s8: Final[float]
     a1: Final[float]
@@ -421,8 +423,6 @@ class D3Dispersion(torch.nn.Module):
         species = self.species(atomic_numbers)
         n_frames = ptr.shape[0] - 1
         dtype = positions.dtype
-        n_ref = self.n_ref
-
         if pairs is None:
             i, j, shifts = batch_neighbors(positions, self.neighbor_cutoff, ptr, box, False)
         elif n_frames == 1:
@@ -447,7 +447,31 @@ class D3Dispersion(torch.nn.Module):
             else:
                 vec = vec + torch.bmm(shifts.unsqueeze(1), cell[pair_frame]).squeeze(1).t()
         r2 = vec.square().sum(0)
+        return self.pair_sum(positions, species, box, ptr, i, j, r2, pair_frame)
 
+    def pair_cutoff(self, box: Optional[Tensor]) -> float:
+        """The longest distance (nm) at which pairs count: the energy or the coordination-number cutoff."""
+        return self.neighbor_cutoff
+
+    def energy(self, frames: Frames, pairs: Pairs, data: Dict[str, Tensor]) -> Tensor:
+        """The energy term of a HybridModel: dispersion energy (B,) from the shared ``pairs``."""
+        sub = within(pairs, self.neighbor_cutoff)
+        species = self.species(frames.atomic_numbers)
+        pair_frame: Optional[Tensor] = None
+        if frames.n_frames > 1:
+            pair_frame = sub.frame
+        return self.pair_sum(frames.positions, species, frames.box, frames.ptr, sub.i, sub.j,
+                             sub.distances.square(), pair_frame)
+
+    def pair_sum(self, positions: Tensor, species: Tensor, box: Optional[Tensor], ptr: Tensor, i: Tensor, j: Tensor,
+                 r2: Tensor, pair_frame: Optional[Tensor]) -> Tensor:
+        """Energies (B,) from the pairs (i, j) within the neighbour cutoff once, their squared
+        distances ``r2`` (nm^2) and, for batches of more than one frame, each pair's frame."""
+        n_atoms = positions.shape[0]
+        n_frames = ptr.shape[0] - 1
+        n_pairs = i.shape[0]
+        dtype = positions.dtype
+        n_ref = self.n_ref
         # Per-pair data indexed by (atom i, element of atom j): row i * p + local[j] of per-atom tables.
         present, local = torch.unique(species, sorted=True, return_inverse=True)
         p = present.shape[0]

@@ -61,6 +61,7 @@ from hybridpot.physics.ewald_params import (
     pme_mesh_size,
     real_space_cutoff,
 )
+from hybridpot.physics.base import EnergyTerm, Frames, Pairs, frame_pairs, within
 from hybridpot.physics.neighbors import frame_neighbors, pair_vectors
 from hybridpot.units import COULOMB
 
@@ -262,7 +263,7 @@ def default_max_cutoff(method: str, accuracy: float) -> float:
     return MAX_DEFAULT_CUTOFF
 
 
-class Electrostatics(torch.nn.Module):
+class Electrostatics(EnergyTerm):
     """Coulomb energy per frame for a flat batch of frames; TorchScript-compatible.
 
     Parameters
@@ -326,13 +327,41 @@ class Electrostatics(torch.nn.Module):
             raise ValueError(f"max_cutoff must be a positive distance in nm or None, got {max_cutoff}")
         self.pme = PMEReciprocal(PME_ORDER)
 
-    def pair_cutoff(self, box: Tensor) -> float:
-        """Distance (nm) within which the periodic methods need the pairs of a frame with this box."""
+    def pair_cutoff(self, box: Optional[Tensor]) -> float:
+        """Distance (nm) within which the periodic methods need the pairs of a frame with this box; 0
+        for ``"direct"`` (it sums all pairs itself) and for molecules."""
+        if box is None or not self.periodic:
+            return 0.0
         cutoff = real_space_cutoff(box, self.cutoff, self.max_default_cutoff)
         width = self.charge_width
         if width is not None:
             return max(cutoff, gaussian_pair_cutoff(width, self.accuracy))
         return cutoff
+
+    def energy(self, frames: Frames, pairs: Pairs, data: Dict[str, Tensor]) -> Tensor:
+        """The energy term of a HybridModel: Coulomb energy (B,) of the charges ``data["charges"]``
+        (N,) e, real-space pairs taken from the shared ``pairs``."""
+        charges = data["charges"]
+        box = frames.box
+        ptr = frames.ptr
+        if box is None:
+            return self.forward(frames.positions, charges, None, ptr)
+        if not self.periodic:
+            raise ValueError("method 'direct' is for open boundaries but the frames have a box")
+        energies: List[Tensor] = []
+        for b in range(frames.n_frames):
+            start = int(ptr[b])
+            stop = int(ptr[b + 1])
+            cutoff = self.pair_cutoff(box[b])
+            if frames.n_frames == 1:
+                sub = within(pairs, cutoff)
+            else:
+                sub = frame_pairs(pairs, b, cutoff)
+            # index_select, not charges[i]: the backward of tensor indexing is a slow accumulating index_put
+            qq = charges.index_select(0, sub.i) * charges.index_select(0, sub.j)
+            energies.append(self._periodic_energy(frames.positions[start:stop], charges[start:stop], box[b], qq,
+                                                  sub.distances.square()))
+        return torch.stack(energies)
 
     def forward(
         self, positions: Tensor, charges: Tensor, box: Optional[Tensor], ptr: Tensor, pairs: Optional[List[Tensor]] = None
@@ -371,18 +400,22 @@ class Electrostatics(torch.nn.Module):
     def _periodic(self, positions: Tensor, charges: Tensor, box: Tensor, pairs: Optional[List[Tensor]]) -> Tensor:
         if positions.shape[0] == 0:
             return (positions.sum() + charges.sum() + box.sum()) * 0.0
-        cutoff = real_space_cutoff(box, self.cutoff, self.max_default_cutoff)
-        alpha = ewald_alpha(self.accuracy, cutoff)
-        width = self.charge_width
         if pairs is None:
             i, j, shifts = frame_neighbors(positions, self.pair_cutoff(box), box, False)
         else:
             i, j, shifts = pairs[0], pairs[1], pairs[2]
-        vectors = pair_vectors(positions, i, j, shifts, box)
-        d2 = (vectors**2).sum(dim=1)
+        d2 = (pair_vectors(positions, i, j, shifts, box) ** 2).sum(dim=1)
         # index_select, not charges[i]: the backward of tensor indexing is a slow accumulating index_put
         qq = charges.index_select(0, i) * charges.index_select(0, j)
-        energy = self.coulomb * (qq * real_space_kernel(d2, alpha, width)).sum()
+        return self._periodic_energy(positions, charges, box, qq, d2)
+
+    def _periodic_energy(self, positions: Tensor, charges: Tensor, box: Tensor, qq: Tensor, d2: Tensor) -> Tensor:
+        """Ewald/PME energy of one frame from its real-space pair products ``qq`` and squared distances ``d2``."""
+        if positions.shape[0] == 0:
+            return (positions.sum() + charges.sum() + box.sum()) * 0.0
+        cutoff = real_space_cutoff(box, self.cutoff, self.max_default_cutoff)
+        alpha = ewald_alpha(self.accuracy, cutoff)
+        energy = self.coulomb * (qq * real_space_kernel(d2, alpha, self.charge_width)).sum()
         if self.method == "ewald":
             energy = energy + ewald_reciprocal_energy(
                 positions, charges, box, alpha, ewald_kmax(alpha, self.accuracy), self.coulomb

@@ -21,6 +21,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from typing import Dict, Optional
+
+from hybridpot.physics.base import EnergyTerm, Frames, Pairs, within
 from hybridpot.physics.cutoffs import cosine_cutoff
 
 #: ZBL screening length prefactor, nm (0.46850 Angstrom).
@@ -44,12 +47,16 @@ def zbl_pair_energy(r: Tensor, z_i: Tensor, z_j: Tensor) -> Tensor:
     return 138.93545764438198 * zi * zj / r * phi
 
 
-class ZBLRepulsion(torch.nn.Module):
-    """forward(atomic_numbers (N,), i (P,), j (P,), distances (P,), batch (N,), n_frames) -> (B,) kJ/mol.
+class ZBLRepulsion(EnergyTerm):
+    """The switched ZBL energy (B,) kJ/mol summed over each unordered pair once; pairs beyond
+    ``cutoff`` (nm) contribute exactly zero.
 
-    Sums the switched ZBL energy over each unordered pair (i, j) once; pairs beyond ``cutoff`` (nm)
-    contribute exactly zero. ``cutoff`` must not exceed the cutoff of the pairs it is handed.
+    As a term of a HybridModel it takes its pairs from the shared list (:meth:`energy`); standalone,
+    ``forward(atomic_numbers (N,), i (P,), j (P,), distances (P,), batch (N,), n_frames)`` sums over
+    the given pairs.
     """
+
+    shared = True  # depends on geometry and elements only: computed once per ensemble
 
     def __init__(self, cutoff: float):
         super().__init__()
@@ -67,6 +74,16 @@ class ZBLRepulsion(torch.nn.Module):
         pair = pair * cosine_cutoff(r, self.cutoff)
         frames = batch.index_select(0, i)
         return torch.zeros(n_frames, dtype=pair.dtype, device=pair.device).index_add(0, frames, pair)
+
+    def pair_cutoff(self, box: Optional[Tensor]) -> float:
+        return self.cutoff
+
+    def energy(self, frames: Frames, pairs: Pairs, data: Dict[str, Tensor]) -> Tensor:
+        sub = within(pairs, self.cutoff)
+        z = frames.atomic_numbers
+        pair = zbl_pair_energy(sub.distances, z.index_select(0, sub.i), z.index_select(0, sub.j))
+        pair = pair * cosine_cutoff(sub.distances, self.cutoff)
+        return torch.zeros(frames.n_frames, dtype=pair.dtype, device=pair.device).index_add(0, sub.frame, pair)
 
     def extra_repr(self) -> str:
         return f"cutoff={self.cutoff} nm"

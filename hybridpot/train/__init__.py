@@ -1,5 +1,5 @@
 """Training: force-matching loss, trainer (AdamW, EMA, schedules, checkpoints), metrics, evaluation
-and TorchScript export.
+and evaluation (TorchScript export: :mod:`hybridpot.model.export`).
 
 >>> from hybridpot.train import train
 >>> result = train({"data": {"path": "builtin:rmd17_ethanol_1000.xyz", "energy_unit": "kcal/mol",
@@ -9,7 +9,6 @@ and TorchScript export.
 
 from hybridpot.train.config import DEFAULT_TRAIN_CONFIG, load_train_config, resolve_train_config
 from hybridpot.train.evaluate import EvaluationResult, evaluate_model
-from hybridpot.train.export import export_torchscript, structure_atomic_numbers
 from hybridpot.train.losses import ForceMatchingLoss, LossWeights, predict
 from hybridpot.train.metrics import ErrorAccumulator, evaluate_frames
 from hybridpot.train.preparation import fit_descriptor_statistics
@@ -25,11 +24,9 @@ __all__ = [
     "Trainer",
     "evaluate_frames",
     "evaluate_model",
-    "export_torchscript",
     "fit_descriptor_statistics",
     "load_train_config",
     "predict",
     "resolve_train_config",
-    "structure_atomic_numbers",
     "train",
 ]

@@ -4,7 +4,7 @@ frames), each in its own run folder, combined into one ensemble file.
 An ensemble folder holds::
 
     member_0/ ... member_{K-1}/   ordinary run folders (see hybridpot.train.trainer): model.pt, checkpoint.pt, ...
-    ensemble.pt                   all members, hybridpot.ensemble.save_ensemble (load with hybridpot.load_model)
+    ensemble.pt                   all members, hybridpot.model.save_ensemble (load with hybridpot.load_model)
     ensemble_metrics.json         validation/test errors of the ensemble mean and its mean spread
 
 Member k is trained with ``training.seed + k`` (weights and batch order) on the same train /
@@ -25,34 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-import numpy as np
 import torch
 
 from hybridpot.io import prepare_output_dir
-from hybridpot.train.preparation import Splits
+from hybridpot.train.preparation import bootstrap_splits  # noqa: F401 (public here too)
 
 ENSEMBLE_FILE = "ensemble.pt"
-#: Second seed of the bootstrap generator, so that the resample is independent of the batch orders.
-BOOTSTRAP_STREAM = 7919
-
-
-def bootstrap_splits(model_cfg: Dict[str, Any], splits: Splits, seed: int) -> Tuple[Dict[str, Any], Splits]:
-    """Resample the training frames with replacement (as many as there are), seeded by ``seed``.
-
-    Returns the model section with ``elements`` filled from the *full* training split when it was left
-    out (so that all members know the same elements even if a resample misses a rare one), and the
-    splits with the resampled training frames; validation and test frames are unchanged.
-    """
-    from hybridpot.config import element_symbol
-
-    model_cfg = dict(model_cfg)
-    if not model_cfg.get("elements"):
-        model_cfg["elements"] = [element_symbol(z) for z in splits.train.elements]
-    rng = np.random.default_rng([seed, BOOTSTRAP_STREAM])
-    index = rng.integers(0, len(splits.train), size=len(splits.train))
-    return model_cfg, Splits(splits.train[index], splits.val, splits.test)
-
-
 def member_config(config: Dict[str, Any], k: int) -> Dict[str, Any]:
     """The resolved training config of member ``k``: seed ``training.seed + k``, ensemble_size 1."""
     from hybridpot.train.config import resolve_train_config
@@ -175,7 +153,7 @@ def train_ensemble(
 
 
 def _write_ensemble(cfg: Dict[str, Any], output_dir: Path, member_dirs: List[Path]) -> Tuple[Path, Dict[str, Any]]:
-    from hybridpot.ensemble import ensemble_from_files, save_ensemble
+    from hybridpot.model import ensemble_from_files, save_ensemble
     from hybridpot.io import atomic_write_text
     from hybridpot.train.preparation import read_splits
 

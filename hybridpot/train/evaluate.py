@@ -95,7 +95,7 @@ def evaluate_model(
                 f"knows {model.element_symbols()}"
             )
     if energy_offset is None:
-        energy_offset = float(getattr(model, "metadata", {}).get("energy_offset_kj_mol", 0.0))
+        energy_offset = model.energy_offset
     acc = evaluate_frames(model, frames, batch_size=batch_size, energy_offset=energy_offset, keep_values=True)
     summary = acc.summary()
     per_element = {name[len("forces_"):]: value for name, value in summary.items() if name.startswith("forces_")}

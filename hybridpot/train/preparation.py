@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Optional, Sequence
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -145,3 +145,24 @@ def build_training_model(model_cfg: Dict[str, Any], train: Dataset, *, device: t
     model = build_model(model_config_for_data(model_cfg, train)).to(device)
     fit_descriptor_statistics(model, list(train))
     return model
+
+
+#: Second seed of the bootstrap generator, so that the resample is independent of the batch orders.
+BOOTSTRAP_STREAM = 7919
+
+
+def bootstrap_splits(model_cfg: Dict[str, Any], splits: Splits, seed: int) -> Tuple[Dict[str, Any], Splits]:
+    """Resample the training frames with replacement (as many as there are), seeded by ``seed``.
+
+    Returns the model section with ``elements`` filled from the *full* training split when it was left
+    out (so that all members know the same elements even if a resample misses a rare one), and the
+    splits with the resampled training frames; validation and test frames are unchanged.
+    """
+    from hybridpot.config import element_symbol
+
+    model_cfg = dict(model_cfg)
+    if not model_cfg.get("elements"):
+        model_cfg["elements"] = [element_symbol(z) for z in splits.train.elements]
+    rng = np.random.default_rng([seed, BOOTSTRAP_STREAM])
+    index = rng.integers(0, len(splits.train), size=len(splits.train))
+    return model_cfg, Splits(splits.train[index], splits.val, splits.test)

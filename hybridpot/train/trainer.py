@@ -61,7 +61,7 @@ from hybridpot.train.config import resolve_train_config
 from hybridpot.train.losses import ForceMatchingLoss, LossWeights, predict
 from hybridpot.train.metrics import ErrorAccumulator, evaluate_frames
 from hybridpot.train.optim import ExponentialMovingAverage, LRSchedule
-from hybridpot.train.preparation import Splits, build_training_model, model_batch, read_splits
+from hybridpot.train.preparation import Splits, bootstrap_splits, build_training_model, model_batch, read_splits
 
 #: Training keys that may change when resuming (they do not alter what has been computed so far).
 RESUMABLE_KEYS = ("epochs", "time_budget", "progress", "plots", "patience", "num_threads", "device", "val_batch_size")
@@ -140,8 +140,6 @@ class Trainer:
         self.splits: Splits = read_splits(self.config["data"])
         model_cfg = self.config["model"]
         if opts["bootstrap"]:
-            from hybridpot.train.ensemble import bootstrap_splits
-
             model_cfg, self.splits = bootstrap_splits(model_cfg, self.splits, opts["seed"])
         self.data_fingerprint = self.splits.fingerprint()
         if checkpoint is not None:

@@ -5,23 +5,18 @@ TorchForce runs it without Python). :meth:`HybridModel.compute` is the convenien
 point that validates its input, accepts NumPy or torch, and returns forces by autograd.
 """
 
-from __future__ import annotations
 
 import copy
-import os
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from hybridpot.io import atomic_torch_save
 from hybridpot.config import element_numbers, element_symbol, resolve_model_config
-from hybridpot.nn.charge_head import dipole_moment
-from hybridpot.physics.neighbors import batch_neighbors, frame_neighbors, pair_vectors, select_pairs
-
-if TYPE_CHECKING:
-    from hybridpot.ensemble import EnsembleModel
+from hybridpot.model.terms import build_terms, migrate_state_keys
+from hybridpot.physics.base import Frames, Pairs, check_frames, search_pairs
+from hybridpot.physics.neighbors import frame_neighbors, pair_vectors, select_pairs
 
 MODEL_FORMAT = "hybridpot-model"
 #: 2: the saved config is frozen (every setting that was None or "auto" is stored as the value used).
@@ -82,44 +77,10 @@ def _dtype(name: str) -> torch.dtype:
     return torch.float64 if name == "float64" else torch.float32
 
 
-def _build_short_range(cfg: Dict[str, Any]) -> torch.nn.Module:
-    n_species = len(cfg["elements"])
-    if cfg["architecture"] == "behler_parrinello":
-        from hybridpot.nn.behler_parrinello import BehlerParrinello
-
-        return BehlerParrinello(n_species, cfg["cutoff"], **cfg["behler_parrinello"])
-    from hybridpot.nn.painn import PaiNN
-
-    return PaiNN(n_species, cfg["cutoff"], **cfg["painn"])
-
-
-def _build_charge_head(cfg: Dict[str, Any], n_features: int) -> Optional[torch.nn.Module]:
-    if not cfg["charges"]["enabled"]:
-        return None
-    from hybridpot.nn.charge_head import ChargeHead
-
-    c = cfg["charges"]
-    return ChargeHead(len(cfg["elements"]), n_features, list(c["hidden"]), c["activation"])
-
-
-def _build_variance_head(cfg: Dict[str, Any], n_features: int) -> Optional[torch.nn.Module]:
-    v = cfg["variance"]
-    if not v["enabled"]:
-        return None
-    from hybridpot.nn.variance_head import VarianceHead
-
-    return VarianceHead(len(cfg["elements"]), n_features, list(v["hidden"]), v["activation"], bool(v["forces"]))
-
-
-def _build_electrostatics(cfg: Dict[str, Any]) -> Optional[torch.nn.Module]:
-    e = cfg["electrostatics"]
-    if not e["enabled"]:
-        return None
-    from hybridpot.physics.electrostatics import Electrostatics
-
-    # cfg is frozen (freeze_model_config): the method is never "auto"
-    return Electrostatics(method=e["method"], accuracy=e["accuracy"], charge_width=e["charge_width"], cutoff=e["cutoff"],
-                          max_cutoff=e["max_cutoff"])
+def _migrate_legacy_keys(state: Dict[str, Any], prefix: str, *args: Any) -> None:
+    """load_state_dict pre-hook: weights saved before the term registry (model formats 1-2) use
+    other key names; see :func:`hybridpot.model.terms.migrate_state_keys`."""
+    migrate_state_keys(state, prefix)
 
 
 #: D3 settings of periodic models whose config leaves them None (nm): see DEFAULT_MODEL_CONFIG.
@@ -160,27 +121,6 @@ def freeze_model_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
     return cfg
 
 
-def _build_repulsion(cfg: Dict[str, Any]) -> Optional[torch.nn.Module]:
-    if not cfg["zbl"]["enabled"]:
-        return None
-    from hybridpot.physics.repulsion import ZBLRepulsion
-
-    return ZBLRepulsion(float(cfg["zbl"]["cutoff"]))
-
-
-def _build_dispersion(cfg: Dict[str, Any], numbers: List[int]) -> Optional[torch.nn.Module]:
-    d = cfg["dispersion"]
-    if not d["enabled"]:
-        return None
-    from hybridpot.physics.dispersion import D3Dispersion
-
-    # cfg is frozen (freeze_model_config): every setting below is a value, none is None
-    return D3Dispersion.from_functional(
-        d["functional"], elements=numbers, cutoff=float(d["cutoff"]), cn_cutoff=float(d["cn_cutoff"]),
-        taper_width=float(d["taper_width"]), tail_correction=bool(d["tail_correction"]),
-    )
-
-
 class HybridModel(torch.nn.Module):
     """Hybrid ML potential. Build with :func:`build_model`; units nm, kJ/mol, e.
 
@@ -198,6 +138,11 @@ class HybridModel(torch.nn.Module):
     neighbour searches: the MD bindings pass a :class:`hybridpot.physics.neighbors.VerletList`'s.
     """
 
+    shared_terms: List[str]
+    __jit_ignored_attributes__ = ["metadata"]
+    __jit_unused_properties__ = ["dtype", "energy_offset", "short_range", "charge_head", "variance_head", "electrostatics", "dispersion",
+                                 "zbl", "reference_energies", "energy_scale"]
+
     def __init__(self, config: Dict[str, Any]):
         super().__init__()
         cfg = freeze_model_config(resolve_model_config(config))
@@ -210,17 +155,13 @@ class HybridModel(torch.nn.Module):
         for k, z in enumerate(numbers):
             z_to_species[z] = k
         self.register_buffer("z_to_species", z_to_species)
-        refs = cfg["reference_energies"] or {}
-        self.register_buffer(
-            "reference_energies", torch.tensor([refs.get(element_symbol(z), 0.0) for z in numbers], dtype=torch.float64)
-        )
-        self.register_buffer("energy_scale", torch.tensor(float(cfg["energy_scale"]), dtype=torch.float64))
-        self.short_range = _build_short_range(cfg)
-        self.charge_head = _build_charge_head(cfg, self.short_range.n_features)
-        self.variance_head = _build_variance_head(cfg, self.short_range.n_features)
-        self.electrostatics = _build_electrostatics(cfg)
-        self.dispersion = _build_dispersion(cfg, numbers)
-        self.zbl = _build_repulsion(cfg)
+        terms = build_terms(cfg, numbers)
+        self.terms = torch.nn.ModuleDict(terms)
+        #: terms that depend on geometry and elements only (an ensemble evaluates them once)
+        self.shared_terms = [name for name, term in terms.items() if getattr(term, "shared", False)]
+        self._register_load_state_dict_pre_hook(_migrate_legacy_keys)
+        #: what a model file records next to the weights (filled in by training and by load_model)
+        self.metadata = {}
         self.to(_dtype(cfg["dtype"]))
 
     # ------------------------------------------------------------------ TorchScript path
@@ -235,106 +176,124 @@ class HybridModel(torch.nn.Module):
         fragment_charges: Optional[Tensor] = None,
         pairs: Optional[List[Tensor]] = None,
     ) -> Dict[str, Tensor]:
+        frames = self.frames(positions, atomic_numbers, box, ptr, total_charge, fragments, fragment_charges)
+        shared = search_pairs(frames, self.frames_pair_cutoff(frames), pairs)
+        return self.evaluate(frames, shared, "all")
+
+    def frames(
+        self,
+        positions: Tensor,
+        atomic_numbers: Tensor,
+        box: Optional[Tensor],
+        ptr: Tensor,
+        total_charge: Tensor,
+        fragments: Optional[Tensor] = None,
+        fragment_charges: Optional[Tensor] = None,
+    ) -> Frames:
+        """forward()'s arguments as the :class:`~hybridpot.physics.base.Frames` every term receives,
+        checked once for all terms."""
         if box is not None and not self.periodic:
             # a box would make the neighbour search periodic: a different energy than the model was made for
             raise ValueError("this model is non-periodic (config periodic: false) but was given a box")
-        species = self.z_to_species[atomic_numbers]
+        check_frames(positions, atomic_numbers, box, ptr)
         n_frames = ptr.shape[0] - 1
         counts = ptr[1:] - ptr[:-1]
         batch = torch.repeat_interleave(torch.arange(n_frames, device=positions.device), counts)
-        elec_pairs: Optional[List[Tensor]] = None
-        disp_pairs: Optional[List[Tensor]] = None
-        if pairs is None:
-            hi, hj, hs = batch_neighbors(positions, self.cutoff, ptr, box, False)
-        else:
-            # one shared half list (a superset, e.g. a VerletList's): each term takes its own pairs
-            if n_frames != 1:
-                raise ValueError("pairs can only be given for a single frame")
-            frame_box: Optional[Tensor] = None
-            if box is not None:
-                frame_box = box[0]
-            pi, pj, ps = pairs[0], pairs[1], pairs[2]
-            if len(pairs) > 3:  # Cartesian offsets shifts @ box, e.g. kept by the VerletList
-                points = positions.detach()
-                d2 = (points.index_select(0, pj) - points.index_select(0, pi) + pairs[3]).square().sum(dim=1)
-            else:
-                d2 = pair_vectors(positions.detach(), pi, pj, ps, frame_box).square().sum(dim=1)
-            hi, hj, hs = select_pairs(pi, pj, ps, d2, self.cutoff)
-            electrostatics = self.electrostatics
-            if electrostatics is not None:
-                if frame_box is not None and electrostatics.periodic:
-                    elec_cutoff = electrostatics.pair_cutoff(frame_box)
-                    if elec_cutoff == self.cutoff:  # the usual case (both 0.5 nm): the MLP's pairs
-                        elec_pairs = [hi, hj, hs]
-                    else:
-                        ei, ej, es = select_pairs(pi, pj, ps, d2, elec_cutoff)
-                        elec_pairs = [ei, ej, es]
-            dispersion = self.dispersion
-            if dispersion is not None:
-                di, dj, ds = select_pairs(pi, pj, ps, d2, dispersion.neighbor_cutoff)
-                disp_pairs = [di, dj, ds]
-        # the full list as [each pair once; the same pairs reversed]: the descriptors use the mirror
-        i = torch.cat([hi, hj])
-        j = torch.cat([hj, hi])
-        shifts = torch.cat([hs, -hs])
-        vectors = pair_vectors(positions, i, j, shifts, box, batch.index_select(0, i) if n_frames > 1 else None)
-        distances = torch.linalg.norm(vectors, dim=1)
-        raw, features = self.short_range(species, i, j, vectors, distances)
-        # Reference energies (~1e5 kJ/mol per molecule) are added in float64 even for float32 models:
-        # float32 would round total energies to ~0.03 kJ/mol. The network part stays in its dtype.
-        reference = self.reference_energies.index_select(0, species)
-        atomic = (raw * self.energy_scale.to(raw.dtype)).to(torch.float64) + reference
-        e_mlp = torch.zeros(n_frames, dtype=torch.float64, device=atomic.device).index_add(0, batch, atomic)
-        out: Dict[str, Tensor] = {"e_mlp": e_mlp, "atomic_energies": atomic, "features": features}
-        energy = e_mlp
-        charge_head = self.charge_head
-        if charge_head is not None:
-            if fragments is not None and fragment_charges is not None:
-                charges = charge_head(features, species, fragments, fragment_charges)
-            else:
-                charges = charge_head(features, species, batch, total_charge)
-            out["charges"] = charges
-            out["dipole"] = dipole_moment(positions, charges, batch, n_frames)
-            electrostatics = self.electrostatics
-            if electrostatics is not None:
-                e_elec = electrostatics(positions, charges, box, ptr, elec_pairs)
-                out["e_elec"] = e_elec
-                energy = energy + e_elec.to(torch.float64)
-        dispersion = self.dispersion
-        if dispersion is not None:
-            e_disp = dispersion(positions, atomic_numbers, box, ptr, disp_pairs).to(torch.float64)
-            out["e_disp"] = e_disp
-            energy = energy + e_disp
-        zbl = self.zbl
-        if zbl is not None:  # the first half of the MLP's list holds each pair once
-            n_half = hi.shape[0]
-            e_zbl = zbl(atomic_numbers, hi, hj, distances[:n_half], batch, n_frames).to(torch.float64)
-            out["e_zbl"] = e_zbl
-            energy = energy + e_zbl
-        out["energy"] = energy
-        variance_head = self.variance_head
-        if variance_head is not None:
-            for key, value in variance_head(features, species, batch, n_frames).items():
-                out[key] = value
-        return out
+        species = self.z_to_species[atomic_numbers]
+        return Frames(positions, atomic_numbers, species, box, ptr, batch, n_frames, total_charge, fragments,
+                      fragment_charges)
+
+    def frames_pair_cutoff(self, frames: Frames) -> float:
+        """The longest pair cutoff any term needs in any frame of ``frames`` (nm)."""
+        box = frames.box
+        if box is None:
+            return self.max_pair_cutoff(None)
+        cutoff = 0.0
+        for b in range(frames.n_frames):
+            cutoff = max(cutoff, self.max_pair_cutoff(box[b]))
+        return cutoff
+
+    def evaluate(self, frames: Frames, pairs: Pairs, which: str) -> Dict[str, Tensor]:
+        """Run the terms on ``frames`` with the shared ``pairs``: ``which`` = "all", "learned" (all but
+        the shared terms) or "shared" (only those). Returns forward()'s dict: "energy" (B,) float64
+        (the sum of the terms run), "e_<term>" (B,) float64 per term, and what the terms leave in data."""
+        data: Dict[str, Tensor] = {}
+        energy = torch.zeros(frames.n_frames, dtype=torch.float64, device=frames.positions.device)
+        for name, term in self.terms.items():
+            is_shared = name in self.shared_terms
+            if which == "all" or (which == "shared") == is_shared:
+                e = term.energy(frames, pairs, data).to(torch.float64)
+                data["e_" + name] = e
+                energy = energy + e
+        data["energy"] = energy
+        return data
 
     def max_pair_cutoff(self, box: Optional[Tensor]) -> float:
-        """The longest distance (nm) at which any term needs pairs, for a frame with this box: the
-        cutoff of a shared pair list passed to :meth:`forward` as ``pairs``."""
-        cutoff = self.cutoff
-        electrostatics = self.electrostatics
-        if electrostatics is not None:
-            if box is not None and electrostatics.periodic:
-                cutoff = max(cutoff, electrostatics.pair_cutoff(box))
-        dispersion = self.dispersion
-        if dispersion is not None:
-            cutoff = max(cutoff, dispersion.neighbor_cutoff)
+        """The longest distance (nm) at which any term needs pairs, for a frame with this box (3, 3) or
+        a molecule (None): the cutoff of the one neighbour search per evaluation, and of a shared pair
+        list passed to :meth:`forward` as ``pairs``."""
+        cutoff = 0.0
+        for name, term in self.terms.items():
+            cutoff = max(cutoff, term.pair_cutoff(box))
         return cutoff
+
+    @torch.jit.unused
+    def term_cutoffs(self, box: Optional[Tensor] = None) -> Dict[str, float]:
+        """Each term's pair cutoff (nm) for a frame with ``box`` (3, 3), or a molecule; 0 for terms
+        that need no pairs."""
+        return {name: float(term.pair_cutoff(box)) for name, term in self.terms.items()}
+
+    @property
+    def energy_offset(self) -> float:
+        """The energy offset b (kJ/mol) that training learned next to the model (metadata
+        ``energy_offset_kj_mol``; 0 for untrained models): E - b approximates the reference energy."""
+        return float(self.metadata.get("energy_offset_kj_mol", 0.0))
+
+    # the term modules by their former attribute names (None when the term is off)
+    @property
+    def short_range(self) -> torch.nn.Module:
+        return self.terms["mlp"].network
+
+    @property
+    def charge_head(self) -> Optional[torch.nn.Module]:
+        return self.terms["mlp"].charge_head
+
+    @property
+    def variance_head(self) -> Optional[torch.nn.Module]:
+        return self.terms["mlp"].variance_head
+
+    @property
+    def reference_energies(self) -> Tensor:
+        return self.terms["mlp"].reference_energies
+
+    @reference_energies.setter
+    def reference_energies(self, value: Tensor) -> None:
+        self.terms["mlp"].reference_energies = value
+
+    @property
+    def energy_scale(self) -> Tensor:
+        return self.terms["mlp"].energy_scale
+
+    @energy_scale.setter
+    def energy_scale(self, value: Tensor) -> None:
+        self.terms["mlp"].energy_scale = value
+
+    @property
+    def electrostatics(self) -> Optional[torch.nn.Module]:
+        return self.terms["elec"] if "elec" in self.terms else None
+
+    @property
+    def dispersion(self) -> Optional[torch.nn.Module]:
+        return self.terms["disp"] if "disp" in self.terms else None
+
+    @property
+    def zbl(self) -> Optional[torch.nn.Module]:
+        return self.terms["zbl"] if "zbl" in self.terms else None
 
     # ------------------------------------------------------------------ Python conveniences
     @property
     def dtype(self) -> torch.dtype:
-        return self.reference_energies.dtype
+        return self.terms["mlp"].reference_energies.dtype
 
     @torch.jit.unused
     def element_symbols(self) -> List[str]:
@@ -518,147 +477,3 @@ def build_model(config: Dict[str, Any]) -> HybridModel:
     return HybridModel(config)
 
 
-def model_metadata(model: Any) -> Dict[str, Any]:
-    """What a model file (or TorchScript export) records next to the weights and checks on load."""
-    from hybridpot import __version__
-
-    return {
-        "elements": model.element_symbols(),
-        "cutoff_nm": model.cutoff,
-        "periodic": model.periodic,
-        "dtype": model.config["dtype"],
-        "units": {"length": "nm", "energy": "kJ/mol", "charge": "e"},
-        "hybridpot_version": __version__,
-    }
-
-
-def save_model(model: HybridModel, path: Union[str, os.PathLike], metadata: Optional[Dict[str, Any]] = None) -> None:
-    """Write weights, full config and metadata to one file, atomically (temp file + rename)."""
-    meta = model_metadata(model)
-    meta.update(metadata or {})
-    payload = {
-        "format": MODEL_FORMAT,
-        "format_version": MODEL_FORMAT_VERSION,
-        "config": model.config,
-        "metadata": meta,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
-    atomic_torch_save(payload, path)
-
-
-def read_payload(path: Union[str, os.PathLike], map_location: str = "cpu") -> Dict[str, Any]:
-    """``torch.load(weights_only=True)`` of a model or ensemble file; ValueError if missing or unreadable."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise ValueError(f"model file {path!r} is a directory; pass the model file inside it (e.g. model.pt)")
-    if not os.path.isfile(path):
-        raise ValueError(f"model file {path!r} does not exist")
-    if not os.access(path, os.R_OK):
-        raise ValueError(f"model file {path!r} is not readable (permission denied)")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise ValueError(
-            f"{path!r} is not a readable hybridpot model file (corrupt, truncated, or a TorchScript "
-            f"archive — load those with torch.jit.load): {exc}"
-        ) from exc
-    if not isinstance(payload, dict):
-        raise ValueError(f"{path!r} is not a hybridpot model file (no '{MODEL_FORMAT}' header)")
-    return payload
-
-
-def load_model(path: Union[str, os.PathLike], map_location: str = "cpu") -> Union[HybridModel, "EnsembleModel"]:
-    """Load a model written by :func:`save_model`, or an ensemble written by
-    :func:`hybridpot.ensemble.save_ensemble` (returned as :class:`hybridpot.ensemble.EnsembleModel`).
-
-    Uses ``torch.load(weights_only=True)``, so a model file cannot run code. Raises ValueError for a
-    file that is not a hybridpot model, is truncated/corrupt, or whose metadata disagree with its config.
-    """
-    payload = read_payload(path, map_location)
-    from hybridpot.ensemble import ENSEMBLE_FORMAT, ensemble_from_payload
-
-    if payload.get("format") == ENSEMBLE_FORMAT:
-        return ensemble_from_payload(payload, os.fspath(path))
-    return model_from_payload(payload, repr(os.fspath(path)))
-
-
-def _saved_config(config: Dict[str, Any]) -> Dict[str, Any]:
-    """A saved model's config, with the defaults of the version that wrote it where keys were added since.
-
-    Behler-Parrinello models saved before ``behler_parrinello.angular_form`` existed used the mean form.
-    """
-    if not isinstance(config, dict) or not isinstance(config.get("behler_parrinello"), dict):
-        return config
-    if "angular_form" in config["behler_parrinello"]:
-        return config
-    config = dict(config)
-    config["behler_parrinello"] = dict(config["behler_parrinello"], angular_form="mean")
-    return config
-
-
-def check_format_version(version: Any, readable: tuple, kind: str, path: str) -> None:
-    """ValueError unless ``version`` is one of ``readable``; a newer one asks for a newer hybridpot.
-
-    Older versions are migrated where they are read: format-1 model configs leave settings None that
-    format 2 stores, and those are filled in with this release's values (what format-1 files meant
-    when they were read by the release that wrote them, up to the D3 preset change noted in the
-    README).
-    """
-    from hybridpot import __version__
-
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise ValueError(f"{path}: {kind} format version must be an integer, got {version!r}")
-    if version > max(readable):
-        raise ValueError(
-            f"{path} has {kind} format version {version}, written by a newer hybridpot; this hybridpot "
-            f"({__version__}) reads versions {', '.join(map(str, readable))}: upgrade hybridpot to load it"
-        )
-    if version not in readable:
-        raise ValueError(f"{path} has {kind} format version {version}; this hybridpot reads {', '.join(map(str, readable))}")
-
-
-def check_finite_weights(state: Dict[str, Any], path: str) -> None:
-    """ValueError naming the first tensor of ``state`` that holds NaN or infinite values (a model
-    saved from a diverged training would otherwise load and return NaN energies)."""
-    for name, value in state.items():
-        if isinstance(value, Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            bad = int((~torch.isfinite(value)).sum())
-            raise ValueError(
-                f"{path}: weight tensor {name!r} {tuple(value.shape)} holds {bad} NaN or infinite "
-                f"value{'s' if bad != 1 else ''}; the file cannot give finite energies (was it saved from "
-                "a diverged training?)"
-            )
-
-
-def model_from_payload(payload: Any, path: str) -> HybridModel:
-    """The HybridModel of a :func:`save_model` payload; ``path`` names it in error messages."""
-    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{path} is not a hybridpot model file (no '{MODEL_FORMAT}' header)")
-    check_format_version(payload.get("format_version"), READABLE_FORMAT_VERSIONS, "model", path)
-    try:
-        model = build_model(_saved_config(payload["config"]))
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: no valid model config ({exc!r})") from exc
-    meta = payload.get("metadata")
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path}: the model file's metadata must be a dict, got {type(meta).__name__}")
-    cutoff = meta.get("cutoff_nm")
-    if (
-        meta.get("elements") != model.element_symbols()
-        or not isinstance(cutoff, (int, float))
-        or abs(cutoff - model.cutoff) > 1e-12
-    ):
-        raise ValueError(
-            f"{path}: metadata (elements {meta.get('elements')}, cutoff {meta.get('cutoff_nm')}) disagree with "
-            f"its config (elements {model.element_symbols()}, cutoff {model.cutoff})"
-        )
-    state = payload.get("state_dict")
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: no weights (state_dict must be a dict, got {type(state).__name__})")
-    check_finite_weights(state, path)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: weights do not fit the model described by its config: {exc}") from exc
-    model.metadata = meta
-    return model
