@@ -21,7 +21,6 @@ Pair vectors are computed once, inside the autograd graph, so forces, stress and
 derivatives of force-matching training flow through every term.
 """
 
-from __future__ import annotations
 
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
