@@ -36,7 +36,7 @@ EPILOG = f"""
 what is timed
   One call = build float64 positions (N, 3) nm with requires_grad, run the model's OpenMM wrapper
   (hybridpot.openmm.bindings.OpenMMModule, the module TorchForce runs) with the periodic box, and
-  backpropagate the energy to the positions. The neighbour list (vesin-torch) is rebuilt every call,
+  backpropagate the energy to the positions. The neighbor list (vesin-torch) is rebuilt every call,
   as in MD. Reported: median over repeats (ms/step), the fastest repeat, us per atom per step.
   Model: hybridpot defaults (DEFAULT_MODEL_CONFIG) for elements H, O; cutoff 0.5 nm; float32;
   periodic. Weights are random (cost does not depend on training).
@@ -130,7 +130,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         "glibc's defaults, as in a process that does not call it (default: keep)")
     parser.add_argument("--no-classical", action="store_true", help="skip the classical OpenMM reference")
     parser.add_argument("--breakdown", type=int, nargs="?", const=3000, default=None, metavar="ATOMS",
-                        help="also time the stages (neighbour list, pair vectors, descriptors or message "
+                        help="also time the stages (neighbor list, pair vectors, descriptors or message "
                         "passing, networks; forward and backward, eager) at the run size nearest ATOMS "
                         "(default 3000 when given without a value)")
     parser.add_argument("--profile", type=int, nargs="?", const=3000, default=None, metavar="ATOMS",
@@ -265,7 +265,7 @@ def stage_breakdown(model, task: Dict[str, Any], device, sync) -> Dict[str, Any]
     i, j, shifts = batch_neighbors(positions, model.cutoff, ptr, cell, True)
     out: Dict[str, Any] = {"pairs_per_atom": i.shape[0] / numbers.shape[0]}
     stages: Dict[str, Dict[str, float]] = {}
-    stages["neighbour list (vesin, no grad)"] = {
+    stages["neighbor list (vesin, no grad)"] = {
         "forward_cpu_ms": timed(lambda: batch_neighbors(positions, model.cutoff, ptr, cell, True)), "backward_cpu_ms": 0.0}
 
     def pairs(backward: bool):

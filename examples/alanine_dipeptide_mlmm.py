@@ -19,7 +19,7 @@ Periodic or not? The model is built with ``periodic: true`` and *no* electrostat
 
 - ``create_mixed_system`` requires the model's periodicity to match the MM System's, and the solvated
   System is periodic (PME). Its box is passed to the model.
-- Periodicity only matters for the network's neighbour list, whose cutoff (0.5 nm) is far shorter than
+- Periodicity only matters for the network's neighbor list, whose cutoff (0.5 nm) is far shorter than
   the distance between the peptide and its periodic images (box 1.92 nm), so the periodic model gives
   the peptide the energy it would get in vacuum. Training a periodic model on the non-periodic vacuum
   frames therefore needs no box: the data are used as they are (hybridpot's trainer accepts this).

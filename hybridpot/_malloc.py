@@ -4,8 +4,8 @@ Message passing (PaiNN) allocates per-pair tensors of tens to hundreds of MB on 
 call. glibc serves allocations above its mmap threshold (at most 32 MB, adjusted at run time) with a
 fresh ``mmap`` and returns them with ``munmap`` when freed, and it gives freed memory at the top of
 the heap back to the OS beyond the trim threshold. Either way the next call page-faults the same
-memory in again, page by page: measured at 1482 water atoms, 740k minor page faults and twice as much
-system as user CPU time per call.
+memory in again, page by page; for PaiNN on water boxes of a thousand atoms and more, the system
+(kernel) CPU time per call then exceeds the user time (measurements in benchmarks/README.md).
 
 :func:`keep_freed_memory` makes the process keep freed memory for reuse instead (the effect of
 ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<huge>`` in the environment, but settable at run time).

@@ -167,7 +167,7 @@ class HybridpotCalculator(Calculator):
 
     def _box(self, atoms) -> Optional[np.ndarray]:
         """The cell in nm for a periodic model, None for a non-periodic one; ValueError if ``atoms.pbc``
-        does not match the model (a box would make a non-periodic model's neighbour search periodic)."""
+        does not match the model (a box would make a non-periodic model's neighbor search periodic)."""
         pbc = [bool(p) for p in atoms.pbc]
         if self.model.periodic and not all(pbc):
             raise ValueError(

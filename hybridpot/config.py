@@ -31,10 +31,10 @@ DEFAULT_MODEL_CONFIG: Dict[str, Any] = {
         "hidden": [64, 64],
         "activation": "silu",
         "cutoff_function": "cosine",
-        # angular radial form: "product" (one Gaussian per leg, from per-atom moments; the default since
-        # 2026-12-03: full hybrid MD at 2685 water atoms 1.4x faster than "mean") or "mean" (ANI's Gaussian
-        # of the mean distance, listing triplets); see hybridpot.nn.symmetry_functions. Models saved
-        # before the key existed load with "mean", models saved with it keep theirs.
+        # angular radial form: "product" (one Gaussian per leg, from per-atom moments; the default: MD
+        # is markedly faster with it, see benchmarks/README.md) or "mean" (ANI's Gaussian of the mean
+        # distance, listing triplets); see hybridpot.nn.symmetry_functions. Models saved before the key
+        # existed load with "mean", models saved with it keep theirs.
         "angular_form": "product",
     },
     "painn": {
@@ -65,9 +65,9 @@ DEFAULT_MODEL_CONFIG: Dict[str, Any] = {
     # DFT-D3(BJ) dispersion
     # None values are chosen by periodicity: molecules get the dftd3 library's settings (60 and 40 bohr,
     # sharp cutoff, no tail: identical to the library); periodic models an MD preset (pair cutoff 0.7 nm,
-    # CN cutoff 0.5 nm, 0.2 nm taper, mean-field tail): on a 1482-atom water box -6.7e-4 kJ/mol/atom and
-    # 0.19 kJ/mol/nm RMS force error vs the library at 100 bohr (hybridpot.model.hybrid.MD_D3_CUTOFF; models
-    # saved with these keys unset before 2026-12-03 used 0.8 / 0.8 nm and load with 0.7 / 0.5 nm)
+    # CN cutoff 0.5 nm, 0.2 nm taper, mean-field tail), cheaper per MD step and close to the library
+    # (hybridpot.model.hybrid.MD_D3_CUTOFF; accuracy measurements in benchmarks/README.md). Model files
+    # of format 1 stored these keys unset and load with the preset of the release that loads them.
     "dispersion": {
         "enabled": False,
         "functional": "pbe",

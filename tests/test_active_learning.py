@@ -15,7 +15,7 @@ from hybridpot.data import Frame, read_extxyz
 
 
 # ---------------------------------------------------------------------------------------------- selection
-def test_selection_prefers_diverse_frames_over_a_cluster_of_neighbours():
+def test_selection_prefers_diverse_frames_over_a_cluster_of_neighbors():
     rng = np.random.default_rng(0)
     cluster = np.array([1.0, 0.0, 0.0]) + 1e-3 * rng.normal(size=(40, 3))  # 40 nearly identical snapshots
     distinct = np.array([[0, 5, 0], [0, -5, 0], [0, 0, 5], [0, 0, -5], [5, 5, 5]], dtype=float)
@@ -23,7 +23,7 @@ def test_selection_prefers_diverse_frames_over_a_cluster_of_neighbours():
     scores = np.concatenate([np.linspace(300, 250, 40), np.full(5, 120.0)])
     chosen = select_frames(scores, prints, threshold=100.0, max_frames=5)
     assert chosen[0] == 0  # the most uncertain frame first
-    assert sum(c < 40 for c in chosen) == 1  # one representative of the cluster, not five neighbours
+    assert sum(c < 40 for c in chosen) == 1  # one representative of the cluster, not five neighbors
     assert len({c for c in chosen if c >= 40}) == 4  # and four of the five distinct structures
 
 

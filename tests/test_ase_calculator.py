@@ -231,7 +231,7 @@ def test_ensemble_spread_and_aleatoric_variance_are_extra_results():
         np.testing.assert_allclose(calc.get_property(key, atoms), ref[key].numpy() / KJ_PER_MOL_PER_EV * scale,
                                    rtol=1e-9, atol=1e-14)
     assert calc.results["energy_std"] > 0
-    assert (calc.results["forces_std"][2:] > 0).all()  # the ions have no MLP neighbours: D3 alone, no spread
+    assert (calc.results["forces_std"][2:] > 0).all()  # the ions have no MLP neighbors: D3 alone, no spread
     stresses = []
     for m in members:  # the ensemble's stress is the members' mean
         probe = atoms.copy()

@@ -23,7 +23,7 @@ from hybridpot.units import COULOMB
 from physics_checks import check_finite_difference_forces, check_invariances, jittered_box, random_molecule
 
 F64 = torch.float64
-#: Rock-salt Madelung constant (per ion pair, nearest-neighbour distance as length unit).
+#: Rock-salt Madelung constant (per ion pair, nearest-neighbor distance as length unit).
 MADELUNG_NACL = 1.747564594633
 NACL_A = 0.5640  # nm, lattice constant
 

@@ -99,7 +99,7 @@ def test_embedding_forces_include_dq_dr(water):
     mm_q = np.array([nb.getParticleParameters(i)[0].value_in_unit(unit.elementary_charge) for i in range(len(z))])
     mm_q[ml] = 0.0
     module = MLRegionModule(model, ml, z[ml], 0.0, None, None, mm_q, _embedding_electrostatics(nb, model))
-    # ML atoms and an MM neighbour: forces on both come out of the same graph
+    # ML atoms and an MM neighbor: forces on both come out of the same graph
     check_finite_difference_forces(
         lambda p, b: module(p, b), pos, box, atol=1e-5, atoms=[0, 1, 2, 3]
     )

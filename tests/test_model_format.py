@@ -173,3 +173,22 @@ def test_old_checkpoint_state_dicts_load_into_the_term_registry():
     model.load_state_dict(payload["state_dict"], strict=True)
     ref = REFERENCES2["bp_molecule_zbl"]
     assert float(evaluate(model, ref)["energy"]) == pytest.approx(ref["energy_kj_mol"], rel=1e-10)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_models_round_trip_exactly_and_keep_their_energy_offset(dtype, tmp_path):
+    """Weights are bit-identical after save and load in either dtype, and the declared energy offset
+    (learned in training) survives a second save."""
+    torch.manual_seed(3)
+    model = hybridpot.build_model({"elements": ["H", "O"], "dtype": dtype, "charges": {"enabled": True},
+                                   "zbl": {"enabled": True}})
+    model.metadata = {"energy_offset_kj_mol": -12.5}
+    hybridpot.save_model(model, tmp_path / "a.pt")
+    loaded = hybridpot.load_model(tmp_path / "a.pt")
+    hybridpot.save_model(loaded, tmp_path / "b.pt")
+    again = hybridpot.load_model(tmp_path / "b.pt")
+    assert again.energy_offset == -12.5 and again.dtype == getattr(torch, dtype)
+    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+    positions = np.array([[0.0, 0.0, 0.0], [0.096, 0.0, 0.0], [-0.024, 0.093, 0.0]])
+    assert torch.equal(model.compute(positions, [8, 1, 1])["forces"], again.compute(positions, [8, 1, 1])["forces"])

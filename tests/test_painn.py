@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from hybridpot.nn.painn import PaiNN, neighbour_slots
+from hybridpot.nn.painn import PaiNN, neighbor_slots
 from hybridpot.physics.neighbors import frame_neighbors, pair_vectors
 
 CUTOFF = 0.5  # nm
@@ -77,7 +77,7 @@ def test_shapes_and_scripted_matches_eager():
     energies_s, features_s = evaluate(scripted, pos, species)
     torch.testing.assert_close(energies_s, energies, atol=1e-12, rtol=0.0)
     torch.testing.assert_close(features_s, features, atol=1e-12, rtol=0.0)
-    # The network must actually see its neighbours: isolated atoms give different energies.
+    # The network must actually see its neighbors: isolated atoms give different energies.
     isolated = model(species, *(torch.zeros(0, dtype=torch.long),) * 2,
                      torch.zeros(0, 3, dtype=torch.float64), torch.zeros(0, dtype=torch.float64))[0]
     assert (energies - isolated).abs().max() > 1e-3
@@ -192,7 +192,7 @@ def test_smooth_across_cutoff(cutoff_function):
 
 def test_zero_vector_features_have_finite_gradients():
     """|V v| has an infinite derivative at V v = 0 unless regularised. Every v is 0 before the first
-    message; in the first update block V v is still 0 for atoms without neighbours and for atoms at
+    message; in the first update block V v is still 0 for atoms without neighbors and for atoms at
     an inversion centre, where gradients would become NaN."""
     model = make_model()
     pos = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.12]], dtype=torch.float64)
@@ -287,7 +287,7 @@ def test_separated_fragments_are_additive():
     energies_b, _ = evaluate(model, pos_b, species_b)
     energies, _ = evaluate(model, torch.cat([pos_a, pos_b]), torch.cat([species_a, species_b]))
     torch.testing.assert_close(energies, torch.cat([energies_a, energies_b]), atol=1e-12, rtol=0.0)
-    # Within a fragment, an atom's energy depends on its neighbours' species.
+    # Within a fragment, an atom's energy depends on its neighbors' species.
     changed = species_a.clone()
     changed[1] = (changed[1] + 1) % N_SPECIES
     energies_c, _ = evaluate(model, pos_a, changed)
@@ -327,7 +327,7 @@ def reference_painn(model: PaiNN, species: Tensor, i: Tensor, j: Tensor, vectors
                     distances: Tensor, cutoff_function: str = "cosine") -> Tuple[Tensor, Tensor, Tensor]:
     """The PaiNN equations written the straightforward way, with the module's weights: every pair's
     filter W = filter(rbf) f_c, every pair's (3, F) vector message as an explicit outer product, and
-    sums over neighbours with index_add; v starts as zeros. Returns atomic energies, s and v."""
+    sums over neighbors with index_add; v starts as zeros. Returns atomic energies, s and v."""
     f = model.n_features
     n_rbf = model.rbf.n.numel()
     d = distances.unsqueeze(1)
@@ -359,8 +359,8 @@ def reference_painn(model: PaiNN, species: Tensor, i: Tensor, j: Tensor, vectors
 
 
 def mixed_system() -> Tuple[Tensor, Tensor, Tensor]:
-    """Two frames as one flat batch: a periodic 64-atom box (1.2 nm, ~20 neighbours each) and an
-    open 8-atom molecule with an atom far from the rest (no neighbours at all).
+    """Two frames as one flat batch: a periodic 64-atom box (1.2 nm, ~20 neighbors each) and an
+    open 8-atom molecule with an atom far from the rest (no neighbors at all).
     Returns positions (72, 3) nm, species (72,) and the first frame's box (3, 3) nm."""
     gen = torch.Generator().manual_seed(21)
     grid = torch.stack(torch.meshgrid(*[torch.arange(4, dtype=torch.float64)] * 3, indexing="ij"), -1)
@@ -440,22 +440,22 @@ def test_force_training_gradients_match_straightforward_implementation(layout):
         torch.testing.assert_close(g, r, atol=1e-9 * max(1.0, float(r.abs().max())), rtol=0.0, msg=name)
 
 
-def test_neighbour_slots():
+def test_neighbor_slots():
     i = torch.tensor([2, 0, 2, 2, 1, 0, 4, 2])
-    slots, k = neighbour_slots(i, 6)
+    slots, k = neighbor_slots(i, 6)
     assert k == 4  # atom 2 has 4 pairs, atoms 3 and 5 none
     assert slots.tolist() == [8, 0, 9, 10, 4, 1, 16, 11]  # row i, then the order of appearance
     positions, _, box = mixed_system()
     i, _, _ = batch_pairs(positions, box)
-    slots, k = neighbour_slots(i, 72)
+    slots, k = neighbor_slots(i, 72)
     assert k == int(torch.bincount(i).max())
     assert torch.equal(slots // k, i)
     assert torch.unique(slots).numel() == i.numel()
-    empty, k0 = neighbour_slots(torch.zeros(0, dtype=torch.long), 3)
+    empty, k0 = neighbor_slots(torch.zeros(0, dtype=torch.long), 3)
     assert k0 == 0 and empty.shape == (0,)
 
 
-def test_uneven_neighbour_counts_and_empty_inputs():
+def test_uneven_neighbor_counts_and_empty_inputs():
     """A crowded atom among isolated ones makes the padded per-atom table wasteful (N K > 3 P):
     the model scatters pair by pair instead and computes the same; no atoms at all also works."""
     model = make_model()
@@ -466,7 +466,7 @@ def test_uneven_neighbour_counts_and_empty_inputs():
     positions = torch.cat([torch.zeros(1, 3, dtype=torch.float64), shell, far])
     species = torch.randint(N_SPECIES, (43,), generator=gen)
     i, j, shifts = frame_neighbors(positions, CUTOFF, None)
-    _, k = neighbour_slots(i, 43)
+    _, k = neighbor_slots(i, 43)
     assert 43 * k > model.max_padding * i.shape[0]  # the fallback is what runs here
     vec = pair_vectors(positions, i, j, shifts, None)
     energies, _ = model(species, i, j, vec, vec.norm(dim=-1))

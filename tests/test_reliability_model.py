@@ -50,7 +50,7 @@ def test_fragments_on_a_model_without_charges_are_refused(short_range):
 
 
 def test_box_on_a_non_periodic_model_is_refused(short_range):
-    # a box used to switch the neighbour search to periodic images: a different energy, silently
+    # a box used to switch the neighbor search to periodic images: a different energy, silently
     with pytest.raises(ValueError, match="this model is non-periodic .* but a box was given"):
         short_range.compute(WATER, [8, 1, 1], box=BOX)
     numbers = torch.tensor([8, 1, 1])

@@ -394,7 +394,7 @@ def ctx_simulation(ctx, guard):
 
 def test_atom_leaving_its_molecule_stops_the_run(tmp_path, monkeypatch):
     """An H atom pulled away (no bond keeps it) under strong friction: the temperature stays normal,
-    but the atom has left every neighbour."""
+    but the atom has left every neighbor."""
 
     def pull():
         force = openmm.CustomExternalForce("-1000*x")  # kJ/mol/nm along +x

@@ -72,7 +72,7 @@ def test_finite_difference_forces_molecule_and_box(arch, mode):
     check_finite_difference_forces(energy_function(model, z, mode), pos, atol=1e-6)
     pmodel = make_model(arch, periodic=True)
     ppos, pz, box = water_like_box()
-    # atoms at a face, an edge and a corner of the cell, whose neighbours are mostly periodic images
+    # atoms at a face, an edge and a corner of the cell, whose neighbors are mostly periodic images
     check_finite_difference_forces(energy_function(pmodel, pz, mode), ppos, box, atol=1e-6, atoms=[0, 3, 15, 63])
 
 

@@ -1,4 +1,4 @@
-"""Symmetry functions equal their defining formulas evaluated by a naive loop over neighbours."""
+"""Symmetry functions equal their defining formulas evaluated by a naive loop over neighbors."""
 
 import itertools
 import math
@@ -78,8 +78,8 @@ def test_descriptors_equal_naive_formula(seed, form, pair_order):
 
 
 def test_product_form_in_a_crowded_periodic_box_and_scripted():
-    """Many neighbours per atom (padded tables with uneven rows), periodic images, non-integer zeta,
-    and TorchScript: the product form still equals the naive sum over neighbour pairs."""
+    """Many neighbors per atom (padded tables with uneven rows), periodic images, non-integer zeta,
+    and TorchScript: the product form still equals the naive sum over neighbor pairs."""
     rng = np.random.default_rng(3)
     n, edge, rc = 24, 0.9, 0.45
     pos = rng.uniform(0, edge, (n, 3))
@@ -91,17 +91,17 @@ def test_product_form_in_a_crowded_periodic_box_and_scripted():
     i, j, s = frame_neighbors(x, rc, box)
     v = pair_vectors(x, i, j, s, box)
     got = sf(torch.tensor(species), i, j, v, torch.linalg.norm(v, dim=1)).numpy()
-    # naive reference on explicit periodic images (edge = 2 x cutoff: each neighbour image at most once)
+    # naive reference on explicit periodic images (edge = 2 x cutoff: each neighbor image at most once)
     images = np.array([[a, b, c] for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)]) * edge
     ref = np.zeros_like(got)
     for centre in range(n):
-        neighbours = [
+        neighbors = [
             (pos[m] + shift - pos[centre], species[m])
             for m in range(n) for shift in images
             if not (m == centre and not shift.any()) and np.linalg.norm(pos[m] + shift - pos[centre]) < rc
         ]
-        cloud = np.array([pos[centre]] + [pos[centre] + r for r, _ in neighbours])
-        kinds = np.array([species[centre]] + [t for _, t in neighbours])
+        cloud = np.array([pos[centre]] + [pos[centre] + r for r, _ in neighbors])
+        kinds = np.array([species[centre]] + [t for _, t in neighbors])
         ref[centre] = naive(cloud, kinds, 2, rc, p)[0]
     np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-12)
 
@@ -111,7 +111,7 @@ def test_unknown_angular_form_is_an_error():
         SymmetryFunctions(2, 0.5, default_parameters(0.5, 4), angular_form="ani")
 
 
-def test_triplets_enumerate_each_neighbour_pair_once():
+def test_triplets_enumerate_each_neighbor_pair_once():
     center = torch.tensor([2, 0, 2, 1, 0, 2, 2, 0])
     a, b = triplets(center, 3)
     got = sorted((int(x), int(y)) for x, y in zip(a, b))

@@ -315,7 +315,7 @@ def test_descriptor_std_is_floored_relative_to_the_typical_spread():
     gen = torch.Generator().manual_seed(0)
     n = 50
     desc = torch.randn(n, 6, generator=gen, dtype=torch.float64) * torch.tensor([1.0, 2.0, 0.5, 1.5, 0.0, 1.0])
-    desc[:, 4] = 3.0  # constant: a shell no neighbour reaches in the data
+    desc[:, 4] = 3.0  # constant: a shell no neighbor reaches in the data
     desc[:, 5] = 2.0 + 1e-7 * desc[:, 5]  # near-constant: rigid angle
     desc[:, 0] = 0.0  # never populated for this element
     species = torch.zeros(n, dtype=torch.long)

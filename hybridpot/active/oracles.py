@@ -4,7 +4,7 @@ An oracle takes an unlabelled :class:`~hybridpot.data.Frame` and returns a new F
 labels of one electronic-structure method. Three backends:
 
 - :class:`TBLiteOracle` (default): GFN2-xTB (or GFN1/IPEA1) through ``tblite.interface``; fast
-  (about 1 ms for a small molecule), handles charged, open-shell and periodic frames; gives Mulliken
+  (milliseconds for a small molecule), handles charged, open-shell and periodic frames; gives Mulliken
   charges and, for molecules, the dipole. D4 dispersion is part of the GFN2-xTB energy.
 - :class:`PySCFOracle`: Kohn-Sham DFT (PBE/def2-SVP with density fitting by default, the level of
   theory of rMD17) through pyscf; molecules only, seconds per small molecule. No dispersion term.
@@ -344,7 +344,7 @@ class PySCFOracle(Oracle):
     Molecules only (a periodic frame fails: pyscf.pbc is not supported by this oracle). Closed shells
     use RKS, open shells UKS. Dispersion is NOT included in the energy or forces: hybridpot adds its
     own D3 term, so labels must be dispersion-free (rMD17's PBE/def2-SVP labels are too). Gradients
-    include the grid response. About 5-8 s per ethanol frame with the defaults.
+    include the grid response. Seconds per small-molecule frame with the defaults (benchmarks/README.md).
 
     Parameters
     ----------

@@ -13,7 +13,7 @@ For every frame of an exploration trajectory, :func:`score_frames` evaluates the
 asked about) and, when there are more of them than ``max_frames``, picks a diverse subset by
 farthest-point sampling in standardised fingerprint space, starting from the most uncertain frame.
 Consecutive frames of one trajectory are nearly identical, so without this step a budget of 20
-labels would be spent on 20 neighbouring snapshots of the same event.
+labels would be spent on 20 neighboring snapshots of the same event.
 """
 
 from __future__ import annotations

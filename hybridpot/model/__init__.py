@@ -1,7 +1,7 @@
 """The hybrid model: its terms, the ensemble, the file format and the module OpenMM runs.
 
 - :mod:`hybridpot.model.hybrid`: :class:`HybridModel`, a sum of energy terms over one shared
-  neighbour search, and the input checks of :meth:`HybridModel.compute`;
+  neighbor search, and the input checks of :meth:`HybridModel.compute`;
 - :mod:`hybridpot.model.terms`: the registries of terms and architectures (how to add a term);
 - :mod:`hybridpot.model.ensemble`: :class:`EnsembleModel`, mean and spread of K members;
 - :mod:`hybridpot.model.files`: save/load of models and ensembles, format versions and migration;

@@ -18,7 +18,7 @@ Members learn separate energy offsets b_k during training (E_k - b_k ~ E_ref, se
 :mod:`hybridpot.train.losses`); the ensemble shifts each member by b_k - mean(b) so that offset
 differences do not count as disagreement. The mean energy is unchanged by this shift.
 
-The members share one neighbour search per evaluation, and terms that depend on geometry and
+The members share one neighbor search per evaluation, and terms that depend on geometry and
 elements only (D3, ZBL) are evaluated once for all members when their settings agree.
 
 Ensemble files: :mod:`hybridpot.model.files` (``save_ensemble``, ``load_ensemble``).

@@ -58,8 +58,13 @@ def model_metadata(model: Any) -> Dict[str, Any]:
 
 
 def save_model(model: HybridModel, path: Union[str, os.PathLike], metadata: Optional[Dict[str, Any]] = None) -> None:
-    """Write weights, full config and metadata to one file, atomically (temp file + rename)."""
-    meta = model_metadata(model)
+    """Write weights, full config and metadata to one file, atomically (temp file + rename).
+
+    The metadata are the model's own (``model.metadata``: e.g. the energy offset learned in training,
+    kept when a loaded model is saved again), updated with what the file format records and with
+    ``metadata``."""
+    meta = dict(getattr(model, "metadata", None) or {})
+    meta.update(model_metadata(model))
     meta.update(metadata or {})
     payload = {
         "format": MODEL_FORMAT,

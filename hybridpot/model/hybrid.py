@@ -25,7 +25,7 @@ MODEL_FORMAT_VERSION = 2
 READABLE_FORMAT_VERSIONS = (1, 2)
 #: Distance below which two atoms count as "on top of each other" in input validation, nm.
 MIN_DISTANCE = 0.01
-OVERLAP_SEARCH = 0.2  # nm, neighbour-search cutoff of that check
+OVERLAP_SEARCH = 0.2  # nm, neighbor-search cutoff of that check
 ArrayLike = Union[np.ndarray, Tensor, List]
 
 
@@ -84,10 +84,9 @@ def _migrate_legacy_keys(state: Dict[str, Any], prefix: str, *args: Any) -> None
 
 
 #: D3 settings of periodic models whose config leaves them None (nm): see DEFAULT_MODEL_CONFIG.
-#: 0.7 / 0.5 nm since 2026-12-03 (was 0.8 / 0.8): on a 1482-atom water box against the dftd3 library at
-#: 100 bohr, -6.7e-4 kJ/mol/atom and 0.19 kJ/mol/nm RMS force error (0.8 / 0.8: -6.1e-4 and 0.085), 6% of
-#: the D3 forces' RMS (2.9 kJ/mol/nm) and far below MLP force errors (~100 kJ/mol/nm); the full hybrid
-#: MD step at 2685 atoms is ~6% cheaper (benchmarks/README.md).
+#: Short pair and CN cutoffs keep the MD step cheap; with the taper and the mean-field tail the energy
+#: and forces stay close to the dftd3 library's, with force errors far below a trained MLP's.
+#: Measurements: benchmarks/README.md, "Design measurements behind defaults".
 MD_D3_CUTOFF = 0.7
 MD_D3_CN_CUTOFF = 0.5
 MD_D3_TAPER = 0.2
@@ -135,7 +134,7 @@ class HybridModel(torch.nn.Module):
     ``pairs`` (single frame only): (i, j, shifts[, offsets = shifts @ box]), each unordered pair at most once, containing at least
     every pair within :meth:`max_pair_cutoff` (it may hold more, as a Verlet list with a skin does).
     The MLP, Ewald/PME and D3 then select their pairs from it by distance instead of running three
-    neighbour searches: the MD bindings pass a :class:`hybridpot.physics.neighbors.VerletList`'s.
+    neighbor searches: the MD bindings pass a :class:`hybridpot.physics.neighbors.VerletList`'s.
     """
 
     shared_terms: List[str]
@@ -193,7 +192,7 @@ class HybridModel(torch.nn.Module):
         """forward()'s arguments as the :class:`~hybridpot.physics.base.Frames` every term receives,
         checked once for all terms."""
         if box is not None and not self.periodic:
-            # a box would make the neighbour search periodic: a different energy than the model was made for
+            # a box would make the neighbor search periodic: a different energy than the model was made for
             raise ValueError("this model is non-periodic (config periodic: false) but was given a box")
         check_frames(positions, atomic_numbers, box, ptr)
         n_frames = ptr.shape[0] - 1
@@ -230,7 +229,7 @@ class HybridModel(torch.nn.Module):
 
     def max_pair_cutoff(self, box: Optional[Tensor]) -> float:
         """The longest distance (nm) at which any term needs pairs, for a frame with this box (3, 3) or
-        a molecule (None): the cutoff of the one neighbour search per evaluation, and of a shared pair
+        a molecule (None): the cutoff of the one neighbor search per evaluation, and of a shared pair
         list passed to :meth:`forward` as ``pairs``."""
         cutoff = 0.0
         for name, term in self.terms.items():
@@ -340,7 +339,8 @@ class HybridModel(torch.nn.Module):
                 raise ValueError(f"box must have shape (3, 3) in nm, got {tuple(box.shape)}")
             if not torch.isfinite(box).all() or abs(float(torch.det(box.double()))) < 1e-9:
                 raise ValueError(f"box must be finite with non-zero volume, got {box.tolist()}")
-        # vesin's cells are one cutoff wide: searching at 0.2 nm and filtering is ~8x faster than at 0.01 nm
+        # vesin's cells are one cutoff wide, so a search at MIN_DISTANCE would use a vast grid of nearly
+        # empty cells: searching at OVERLAP_SEARCH and filtering is much faster (benchmarks/README.md)
         i, j, s = frame_neighbors(positions, OVERLAP_SEARCH, box, False)
         d2 = pair_vectors(positions, i, j, s, box).square().sum(dim=1)
         i, j, _ = select_pairs(i, j, s, d2, MIN_DISTANCE)

@@ -86,7 +86,7 @@ def descriptor_statistics(
 ) -> Dict[str, Tensor]:
     """Per-element mean/std of descriptors from a list of (species (N,), descriptors (N, D)).
 
-    A descriptor that hardly varies in the training data (a radial shell no neighbour reached, a rigid
+    A descriptor that hardly varies in the training data (a radial shell no neighbor reached, a rigid
     molecule's fixed angle) would otherwise be divided by a near-zero std and amplified ~1e6 as soon as MD
     moves it, so each element's stds are floored at ``relative_floor`` times that element's median
     descriptor std (the median over the descriptors that vary at all): no descriptor is scaled up more

@@ -1,7 +1,7 @@
 """PaiNN: polarizable atom interaction neural network (Schuett, Unke, Gastegger, ICML 2021).
 
 Every atom carries invariant scalar features ``s`` (N, F) and equivariant vector features ``v``
-(N, 3, F). Alternating message and update blocks exchange information between neighbours within the
+(N, 3, F). Alternating message and update blocks exchange information between neighbors within the
 cutoff; the vectors let the network see angles without explicit triplets. The per-atom energy is a
 small MLP on the final scalars, so that E_MLP = sum_i eps_i is invariant to rotations, translations
 and permutations, and local (cutoff-bound).
@@ -11,7 +11,7 @@ Smoothness at the cutoff: every message is multiplied by a radial filter
     W_ij = (Linear_nobias(rbf(r_ij))) * f_c(r_ij),
 
 where the Bessel basis ``rbf`` itself vanishes at r_c and the envelope ``f_c`` vanishes with zero
-slope there. A neighbour that crosses the cutoff sphere therefore switches on with zero message,
+slope there. A neighbor that crosses the cutoff sphere therefore switches on with zero message,
 and energies and forces stay continuous.
 
 Cost: per-pair tensors of shape (P, 3, F) (P ~ 50 N pairs in liquid water at 0.5 nm) dominate time
@@ -22,15 +22,14 @@ as few of them as it can while computing exactly the equations above (up to floa
   (the filter has no bias, so filter(rbf) f_c = filter(rbf f_c));
 - the v_j term is skipped in the first layer, where every v is zero;
 - the r_ij / |r_ij| term is summed per atom by a batched matrix product over an (N, 3, K) layout of
-  the unit vectors (K: most neighbours of any atom) instead of an outer product per pair; only when
+  the unit vectors (K: most neighbors of any atom) instead of an outer product per pair; only when
   that layout would be mostly padding (see ``MAX_PADDING``) is it scattered pair by pair;
 - scalar and vector parts are filtered separately (see :func:`filtered`), so that no per-pair
   product is split or concatenated, and nothing unused is computed.
 
-Measured against the plain implementation (2685 water atoms, default sizes, float32, scripted,
-2 threads, energy + forces): 4.3 s -> 1.9 s CPU time per call, and 1.8 s -> 0.83 s in a process
-that keeps freed memory (``hybridpot._malloc.keep_freed_memory``; without it page faults on the
-per-pair tensors cost as much as the arithmetic). See benchmarks/README.md.
+This takes a fraction of the CPU time of a plain implementation of the same equations, and less
+still in a process that keeps freed memory (``hybridpot._malloc.keep_freed_memory``; without it page
+faults on the per-pair tensors cost as much as the arithmetic). Measurements: benchmarks/README.md.
 """
 
 # No `from __future__ import annotations`: TorchScript cannot resolve string annotations of Final.
@@ -42,10 +41,10 @@ from torch import Tensor
 
 from hybridpot.nn.layers import mlp
 from hybridpot.physics.cutoffs import cutoff_function, cutoff_kind
-from hybridpot.physics.neighbors import neighbour_slots
+from hybridpot.physics.neighbors import neighbor_slots
 
-#: Largest ratio of slots in the per-atom (N, K) neighbour layout to pairs (that is, of the most
-#: neighbours of any atom to the mean) for which the r_ij / |r_ij| message term is summed with a
+#: Largest ratio of slots in the per-atom (N, K) neighbor layout to pairs (that is, of the most
+#: neighbors of any atom to the mean) for which the r_ij / |r_ij| message term is summed with a
 #: batched matrix product. Liquid water at 0.5 nm: 1.3-1.4. Beyond it, padding would cost more
 #: memory than the (P, 3, F) outer product it replaces.
 MAX_PADDING = 3.0
@@ -86,7 +85,7 @@ def filtered(phi: Tensor, weight: Tensor, j: Tensor, radial: Tensor, start: int,
 
 
 class PaiNNMessage(torch.nn.Module):
-    """Message block: neighbours j send scalar and vector updates to atom i.
+    """Message block: neighbors j send scalar and vector updates to atom i.
 
     ds_i = sum_j phi_s(s_j) W_s(r_ij)
     dv_i = sum_j v_j phi_vv(s_j) W_vv(r_ij) + phi_vs(s_j) W_vs(r_ij) r_ij / |r_ij|
@@ -123,7 +122,7 @@ class PaiNNMessage(torch.nn.Module):
         unit: (P, 3) r_ij / |r_ij|
         unit_table: (N, 3, K) the unit vectors placed by ``slots`` (zero elsewhere), or None to
             scatter the unit-vector term pair by pair
-        slots: (P,) from :func:`neighbour_slots`
+        slots: (P,) from :func:`neighbor_slots`
         """
         f = self.n_features
         n = s.shape[0]
@@ -178,7 +177,7 @@ class PaiNNUpdate(torch.nn.Module):
         f = self.n_features
         uv = self.u(v)
         vv = self.v(v)
-        # eps keeps d|Vv|/dv finite where Vv = 0: atoms without neighbours, and atoms whose incoming
+        # eps keeps d|Vv|/dv finite where Vv = 0: atoms without neighbors, and atoms whose incoming
         # unit vectors cancel (an inversion centre, e.g. the C of CO2, in the first layer). Without
         # it the gradients there become NaN (0 * inf): weight gradients for isolated atoms, and
         # forces too at an inversion centre.
@@ -277,7 +276,7 @@ class PaiNN(torch.nn.Module):
         n = s.shape[0]
         radial = self.rbf(distances) * cutoff_function(distances, self.cutoff, self.cutoff_kind).unsqueeze(-1)
         unit = vectors / distances.unsqueeze(-1)
-        slots, k = neighbour_slots(i, n)
+        slots, k = neighbor_slots(i, n)
         unit_table: Optional[Tensor] = None
         if n * k <= self.max_padding * i.shape[0]:
             table = torch.zeros((n * k, 3), dtype=unit.dtype, device=unit.device).index_copy(0, slots, unit)

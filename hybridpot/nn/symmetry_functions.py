@@ -1,15 +1,15 @@
 """Element-resolved atom-centred symmetry functions (Behler-Parrinello descriptors).
 
-Radial (G2), one block per neighbour element Z:
+Radial (G2), one block per neighbor element Z:
 
     G2_{i,Z,s} = sum_{j in Z} exp(-eta_R (r_ij - R_s)^2) f_c(r_ij)
 
-Angular, one block per unordered neighbour-element pair (Z1, Z2), summed over the pairs of
-neighbours j < k (j in Z1, k in Z2 or the other way round) inside the angular cutoff. The angular
+Angular, one block per unordered neighbor-element pair (Z1, Z2), summed over the pairs of
+neighbors j < k (j in Z1, k in Z2 or the other way round) inside the angular cutoff. The angular
 factor is Behler's G4/G5 polynomial in cos(theta) (no arccos, so forces are smooth even for linear
 triplets). Two radial forms (``angular_form``):
 
-- ``"product"`` (default since 2026-12-03): one shifted Gaussian per leg, Behler's G5 with shells,
+- ``"product"`` (default): one shifted Gaussian per leg, Behler's G5 with shells,
 
       GA_{i,(Z1,Z2),s,(zeta,lam)} = 2^(1-zeta) sum_{j<k} (1 + lam cos theta_jik)^zeta R_s(r_ij) R_s(r_ik),
       R_s(r) = exp(-eta_A (r - R_s)^2) f_c(r)
@@ -19,28 +19,26 @@ triplets). Two radial forms (``angular_form``):
   sum_j R_s(r_ij) u_ij^m (one batched matrix product over padded per-atom tables), without listing
   triplets; other zetas use the Gram matrix of the unit vectors.
 
-- ``"mean"``: ANI-style shells on the mean distance, listing every triplet (the default until
-  2026-12-03; models saved before the key existed load with it):
+- ``"mean"``: ANI-style shells on the mean distance, listing every triplet (models saved before the
+  key existed load with it):
 
       GA_{i,(Z1,Z2),s,(zeta,lam)} = 2^(1-zeta) sum_{j<k} (1 + lam cos theta_jik)^zeta
                                     exp(-eta_A ((r_ij + r_ik)/2 - R_s)^2) f_c(r_ij) f_c(r_ik)
 
-Why the product form is the default (measurements in ``benchmarks/README.md``):
+Why the product form is the default (measurements in ``benchmarks/README.md``, "Design
+measurements behind defaults"):
 
-- speed: the full hybrid model (BP + NN charges + PME + D3) in OpenMM's TorchForce at 2685 water atoms,
-  CPU, 1 thread: 13.4x the classical amber14/TIP3P step with the product form, 20.7x with the mean
-  form (2026-12-03; the issue's target is 20x). MD of 64 waters (short-range model): 15-16 ms/step vs
-  26-28.
-- accuracy: rMD17 ethanol test force MAE after 8 minutes of training 23.9 meV/A (mean: 21.0);
-  64-water validation force MAE in 2-minute trainings 33.5-36.3 kJ/mol/nm (mean 35.4-36.7).
-- stability, with models trained on small data: rMD17 ethanol NVT at 500 K for 10 ps, 15 of 16 seeds
-  intact (one broke apart at 3.75 ps; mean form 8 of 8); water NPT for 2 ps (``examples/water_npt.py``),
-  6 of 7 runs (one blow-up at 0.6 ps that did not recur when the same seed was retrained; mean 7 of 7).
+- speed: it lists no triplets, so MD is markedly faster with it, for the full hybrid model
+  (BP + NN charges + PME + D3) in OpenMM's TorchForce as for the short-range model alone.
+- accuracy: force errors after the same training time are close to the mean form's (a little higher
+  on rMD17 ethanol, about the same on water).
+- stability: in MD with models trained on small data, failures were rare with either form, with no
+  significant difference between them.
 - precision: in float32 the alternating binomial sums cost precision: the worst descriptor's float32
-  error is 1.7e-4 of its spread (mean form 2e-5; moments in float64 only brought it to 1.1e-4: the
-  sums amplify the rounding of float32 positions). Use ``dtype: float64`` where that matters.
+  error is several times the mean form's, and computing the moments in float64 does not remove it
+  (the sums amplify the rounding of float32 positions). Use ``dtype: float64`` where that matters.
 
-All sums run over neighbours inside the respective cutoff, so every term is invariant to rotation,
+All sums run over neighbors inside the respective cutoff, so every term is invariant to rotation,
 translation and permutation of like atoms, and vanishes smoothly at the cutoff.
 """
 
@@ -53,16 +51,17 @@ import torch
 from torch import Tensor
 
 from hybridpot.physics.cutoffs import cutoff_function, cutoff_kind
-from hybridpot.physics.neighbors import neighbour_slots
+from hybridpot.physics.neighbors import neighbor_slots
 
 #: Padded per-atom tables (batched matrix products) are used while they hold at most this many slots
-#: per pair; beyond it (very uneven neighbour counts) the pairs are scattered one by one.
+#: per pair; beyond it (very uneven neighbor counts) the pairs are scattered one by one.
 MAX_PADDING = 3.0
 #: Radial forms of the angular symmetry functions (see the module docstring).
 ANGULAR_FORMS = ("mean", "product")
 #: Gaussian exponents are capped here: exp(-80) = 1.8e-35 is still a normal float32, while exp of
-#: arguments that underflow float32 (below -87) takes the math library's slow path; at 2685 water
-#: atoms 23% of the radial Gaussians underflowed and their exp cost 4x that of the others. The capped
+#: arguments that underflow float32 (below -87) takes the math library's slow path, and in a dense
+#: liquid a sizable share of the radial Gaussians (pairs far from a shell's centre) underflow
+#: (benchmarks/README.md). The capped
 #: terms change the descriptors by < 2e-35 and have zero gradient, as an underflowed exp has.
 MAX_EXPONENT = 80.0
 
@@ -77,7 +76,7 @@ def default_parameters(
 ) -> Dict[str, object]:
     """Descriptor parameters from (cutoff, number of shells).
 
-    Radial shells are spread evenly from 0.08 nm to ~0.95 r_c with widths set so neighbouring
+    Radial shells are spread evenly from 0.08 nm to ~0.95 r_c with widths set so neighboring
     Gaussians overlap well above half height; angular shells likewise inside ``angular_cutoff`` (default
     0.7 r_c, as angular terms are costlier and mostly matter at bonding distances).
     """
@@ -111,7 +110,7 @@ def triplets(center: Tensor, n_atoms: int) -> Tuple[Tensor, Tensor]:
 
     Returns two (T,) index tensors into the pair list. Pairs of each centre are enumerated in the
     order (0,1), (0,2), (1,2), (0,3), ... so that the first c(c-1)/2 entries of that order are exactly
-    the pairs among c neighbours, which lets us build everything with flat tensor arithmetic.
+    the pairs among c neighbors, which lets us build everything with flat tensor arithmetic.
     """
     order = torch.argsort(center, stable=True)
     counts = torch.bincount(center, minlength=n_atoms)
@@ -198,7 +197,7 @@ class SymmetryFunctions(torch.nn.Module):
         self.register_buffer("spread_shell", spread_shell, persistent=False)
         self.register_buffer("spread_factor", spread_factor, persistent=False)
         # the unordered element pairs (a <= b) in pair_type order, and 1/2 where a == b (the ordered
-        # sum over j != k of like neighbours counts each pair twice)
+        # sum over j != k of like neighbors counts each pair twice)
         first = [a for a in range(n_species) for b in range(a, n_species)]
         second = [b for a in range(n_species) for b in range(a, n_species)]
         self.register_buffer("pair_first", torch.tensor(first, dtype=torch.long), persistent=False)
@@ -208,7 +207,7 @@ class SymmetryFunctions(torch.nn.Module):
         self.register_buffer("pair_like", torch.tensor([float(a == b) for a, b in zip(first, second)]), persistent=False)
         # product form with integer zetas: (1 + lam cos)^zeta = sum_l binom(zeta, l) lam^l cos^l and
         # cos_jk^l = sum over monomials m of degree l of w_m u_j^m u_k^m (u unit vectors, w_m multinomial),
-        # so the angular sums follow from per-atom moments sum_j R_s(r_j) u_j^m: no pairs of neighbours
+        # so the angular sums follow from per-atom moments sum_j R_s(r_j) u_j^m: no pairs of neighbors
         self.use_moments = self.product_form and self.integer_zetas
         degree = int(max(zetas)) if self.use_moments else 0
         exponents = [(x, y, n - x - y) for n in range(degree + 1) for x in range(n, -1, -1) for y in range(n - x, -1, -1)]
@@ -288,7 +287,7 @@ class SymmetryFunctions(torch.nn.Module):
         return torch.cat([radial, angular], dim=1)
 
     def _angular_moments(self, species: Tensor, ai: Tensor, aj: Tensor, avec: Tensor, adist: Tensor) -> Tensor:
-        """Product form with integer zetas from per-atom moments of the neighbours' unit vectors."""
+        """Product form with integer zetas from per-atom moments of the neighbors' unit vectors."""
         n_atoms = species.shape[0]
         dtype = avec.dtype
         n_shells = self.angular_shifts.shape[0]
@@ -312,7 +311,7 @@ class SymmetryFunctions(torch.nn.Module):
         n_targets = n_atoms * self.n_species
         # moments[t] = sum over the pairs p of target t of shell_p (outer) mono_p: as one batched matrix
         # product over a padded per-target table (no (P, S, M) tensor, whose passes dominated the time)
-        slots, k = neighbour_slots(target, n_targets)
+        slots, k = neighbor_slots(target, n_targets)
         if n_targets * k <= self.max_padding * target.shape[0]:
             shell_table = torch.zeros(n_targets * k, n_shells, dtype=dtype, device=avec.device)
             shell_table = shell_table.index_copy(0, slots, shell).view(n_targets, k, n_shells)
@@ -337,18 +336,18 @@ class SymmetryFunctions(torch.nn.Module):
         return angular.reshape(n_atoms, self.n_pairs * self.n_angular)
 
     def _angular_product(self, species: Tensor, ai: Tensor, aj: Tensor, avec: Tensor, adist: Tensor) -> Tensor:
-        """Product form from per-atom neighbour tables: sum_{j != k} A(cos_jk) R(r_j) R(r_k) by bmm (any zeta)."""
+        """Product form from per-atom neighbor tables: sum_{j != k} A(cos_jk) R(r_j) R(r_k) by bmm (any zeta)."""
         n_atoms = species.shape[0]
         dtype = avec.dtype
         n_shells = self.angular_shifts.shape[0]
-        slots, k = neighbour_slots(ai, n_atoms)
+        slots, k = neighbor_slots(ai, n_atoms)
         if k < 2:
             return torch.zeros(n_atoms, self.n_pairs * self.n_angular, dtype=dtype, device=avec.device)
         unit = avec / adist.unsqueeze(-1)
         fc_a = cutoff_function(adist, self.angular_cutoff, self.cutoff_kind)
         shell = gaussian(self.angular_eta * (adist.unsqueeze(-1) - self.angular_shifts.to(dtype)) ** 2)
         shell = shell * fc_a.unsqueeze(-1)  # (P, S)
-        # radial table (N, K, species * S): each neighbour's shells in its element's block, zeros elsewhere
+        # radial table (N, K, species * S): each neighbor's shells in its element's block, zeros elsewhere
         table = torch.zeros(n_atoms * k * self.n_species, n_shells, dtype=dtype, device=avec.device)
         table = table.index_copy(0, slots * self.n_species + species.index_select(0, aj), shell)
         table = table.view(n_atoms, k, self.n_species * n_shells)
@@ -377,7 +376,7 @@ class SymmetryFunctions(torch.nn.Module):
         center = ai.index_select(0, pa)
         # per-pair quantities first, then one gather per triplet (cheaper than per-triplet divisions);
         # index_select rather than tensor indexing: its backward is a scatter-add (index_add), where
-        # that of x[idx] is an accumulating index_put, measured ~5% of the whole MD step slower
+        # that of x[idx] is an accumulating index_put, which is slower on the CPU (benchmarks/README.md)
         unit = avec / adist.unsqueeze(-1)
         fc_a = cutoff_function(adist, self.angular_cutoff, self.cutoff_kind)
         cos_t = (unit.index_select(0, pa) * unit.index_select(0, pb)).sum(-1)
@@ -387,11 +386,11 @@ class SymmetryFunctions(torch.nn.Module):
         rad = rad * (fc_a.index_select(0, pa) * fc_a.index_select(0, pb)).unsqueeze(-1)
         factors = torch.stack(self._angular_factors(cos_t), dim=-1)
         # terms[t, s * C + c] = rad[t, s] * factors[t, c], each operand spread by a one-hot matrix
-        # product: contiguous and ~1.7x faster (with its backward) than a broadcast outer product
+        # product: contiguous and faster (with its backward) than a broadcast outer product
         terms = torch.matmul(rad, self.spread_shell.to(dtype)) * torch.matmul(factors, self.spread_factor.to(dtype))
-        neighbour_species = species.index_select(0, aj)
+        neighbor_species = species.index_select(0, aj)
         ptype = self.pair_type.view(-1).index_select(
-            0, neighbour_species.index_select(0, pa) * self.n_species + neighbour_species.index_select(0, pb)
+            0, neighbor_species.index_select(0, pa) * self.n_species + neighbor_species.index_select(0, pb)
         )
         angular = torch.zeros(n_atoms * self.n_pairs, self.n_angular, dtype=dtype, device=avec.device)
         angular = angular.index_add(0, center * self.n_pairs + ptype, terms)

@@ -323,7 +323,7 @@ class _FrameGuard:
         self.step = step
 
     def start_dynamics(self, state: openmm.State) -> None:
-        """Note the potential energy and which atoms start with a close neighbour (for the checks)."""
+        """Note the potential energy and which atoms start with a close neighbor (for the checks)."""
         self.start_energy = state.getPotentialEnergy().value_in_unit(KJ_PER_MOL)
         positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
         i, j, _ = _close_pairs(positions, _box_of(self.topology, state), BONDED_DISTANCE)
@@ -387,7 +387,7 @@ class _FrameGuard:
         """Indices of atoms that started within BONDED_DISTANCE of another atom and now have no atom
         within ISOLATED_DISTANCE. Cheap in the usual case: an atom still near one of its starting
         partners (distance with the image shift rounded in fractional coordinates, never shorter than
-        the minimum image) is fine; only the others need a neighbour search."""
+        the minimum image) is fine; only the others need a neighbor search."""
         i, j = self.bonded_pairs
         delta = positions[j] - positions[i]
         if box is not None:
@@ -541,7 +541,9 @@ def run_md(
     closes the trajectory and CSV files and re-raises.
 
     The process keeps freed memory for reuse from then on (:func:`hybridpot._malloc.keep_freed_memory`):
-    2.1-2.3x faster PaiNN steps at 1500-2700 atoms, at the price of resident memory staying at its peak.
+    much faster steps for models with large per-pair temporaries such as PaiNN (no page faults to bring
+    the same memory back every step; see benchmarks/README.md), at the price of resident memory staying
+    at its peak.
 
     Raises
     ------

@@ -172,7 +172,7 @@ def create_system(
         each residue's charge (e.g. +1 for each cation and -1 for each anion of an ionic liquid)
     neighbor_skin: nm; periodic models keep one pair list between steps, rebuilt when an atom has
         moved more than half of this (see :class:`hybridpot.openmm.bindings.OpenMMModule`); 0 searches
-        neighbours at every step (same energies, slower)
+        neighbors at every step (same energies, slower)
     compile: evaluate the model through ``torch.compile`` in a PythonForce (needs backend "pythonforce"
         or "auto"; see :func:`hybridpot.openmm.bindings.force_from_module`)
     """

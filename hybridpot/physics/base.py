@@ -1,7 +1,7 @@
 """The energy-term interface: what every term of a :class:`hybridpot.HybridModel` implements.
 
 A model is a sum of terms (the short-range network, Coulomb, D3 dispersion, ZBL repulsion, ...). The
-model runs **one** neighbour search per evaluation, at the longest distance any term asks for, and
+model runs **one** neighbor search per evaluation, at the longest distance any term asks for, and
 hands every term the same :class:`Pairs`; each term takes the pairs it needs with :func:`within`.
 A term:
 

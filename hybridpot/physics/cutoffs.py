@@ -1,7 +1,7 @@
 """Smooth cutoff envelopes f_c(r) with f_c(r_c) = 0 and f_c'(r_c) = 0.
 
 Both functions are 1 at r = 0, fall monotonically to 0 at ``cutoff`` and are exactly 0 beyond it, so
-that energies and forces are continuous when a neighbour crosses the cutoff sphere.
+that energies and forces are continuous when a neighbor crosses the cutoff sphere.
 """
 
 from __future__ import annotations

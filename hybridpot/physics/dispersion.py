@@ -46,7 +46,7 @@ So the pair loop gathers one-dimensional columns (``torch.gather``, whose backwa
 ``scatter_add``) and as few of them as possible: C6 is a dot product over the n_ref references of
 u_i[Z_j] = R[Z_i, Z_j]^T w_i (precomputed per atom and element) with w_j; the damping radius comes
 from one gathered sqrt(Q) per pair; and the coordination numbers reuse the dispersion pairs (a
-selection when under half of them count, else a mask) instead of a second neighbour list.
+selection when under half of them count, else a mask) instead of a second neighbor list.
 
 Everything in ``forward`` is TorchScript-compatible and differentiable (twice) with respect to
 positions and box.
@@ -465,7 +465,7 @@ class D3Dispersion(EnergyTerm):
 
     def pair_sum(self, positions: Tensor, species: Tensor, box: Optional[Tensor], ptr: Tensor, i: Tensor, j: Tensor,
                  r2: Tensor, pair_frame: Optional[Tensor]) -> Tensor:
-        """Energies (B,) from the pairs (i, j) within the neighbour cutoff once, their squared
+        """Energies (B,) from the pairs (i, j) within the neighbor cutoff once, their squared
         distances ``r2`` (nm^2) and, for batches of more than one frame, each pair's frame."""
         n_atoms = positions.shape[0]
         n_frames = ptr.shape[0] - 1

@@ -159,10 +159,9 @@ class PMEReciprocal(torch.nn.Module):
     (1995)).
 
     Charges are spread onto (and the potential gathered from) the flattened mesh with ``index_add`` /
-    ``index_select``, whose backward passes are each other: torch-pme's ``MeshInterpolator`` (used
-    until 2026-12-03, same weights) indexes the 3-d mesh with three index tensors, and the backward of
-    that is an accumulating ``index_put``; at 2685 water atoms the spreading and gathering with their
-    backward took ~25 ms of the MD step that way.
+    ``index_select``, whose backward passes are each other. Indexing the 3-d mesh with three index
+    tensors instead (as torch-pme's ``MeshInterpolator`` does, with the same weights) makes the backward
+    an accumulating ``index_put``, which is slow on the CPU (see benchmarks/README.md).
     """
 
     order: Final[int]
@@ -273,9 +272,9 @@ class Electrostatics(EnergyTerm):
     charge_width: Gaussian charge width sigma (nm), or None for point charges
     cutoff: real-space cutoff (nm) for ewald/pme; None: min(r_max, half the shortest box height),
         re-evaluated for every frame's box, with r_max = 1 nm for ewald and for pme 0.5 nm at
-        accuracy >= 1e-4, else 0.8 nm. Measured on a 2685-atom water box (energy + forces, 1 thread,
-        CPU time): at accuracy 5e-4, 44 ms at 0.5 nm vs 107 ms at 0.9 nm; at 1e-5 the finer mesh
-        turns this around (232 ms at 0.5 nm, 128-148 ms at 0.6-0.9 nm)
+        accuracy >= 1e-4, else 0.8 nm: a short cutoff with a finer mesh is cheaper at moderate
+        accuracy, while at high accuracy the mesh it would need costs more than a longer cutoff saves
+        (measurements in benchmarks/README.md)
 
     ``forward(positions (N, 3) nm, charges (N,) e, box (B, 3, 3) nm or None, ptr (B + 1,) int64)``
     returns energies (B,) kJ/mol; atoms of frame b are ``ptr[b]:ptr[b + 1]``. Nothing is detached:

@@ -1,4 +1,4 @@
-"""Neighbour pairs within a cutoff, for single frames and flat batches of frames.
+"""Neighbor pairs within a cutoff, for single frames and flat batches of frames.
 
 The pair search runs in `vesin-torch <https://github.com/Luthaf/vesin>`_ on detached coordinates: it
 only decides *which* pairs interact. Pair vectors are then recomputed inside the autograd graph,
@@ -119,8 +119,8 @@ def pair_vectors(
     return vec
 
 
-def neighbour_slots(i: Tensor, n_atoms: int) -> Tuple[Tensor, int]:
-    """Place each pair in a per-atom table of neighbours, padded to the longest row.
+def neighbor_slots(i: Tensor, n_atoms: int) -> Tuple[Tensor, int]:
+    """Place each pair in a per-atom table of neighbors, padded to the longest row.
 
     Parameters
     ----------
