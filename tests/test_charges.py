@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import hybridpot
-from physics_checks import check_finite_difference_forces, random_molecule
+from hybridpot.testing import check_finite_difference_forces, random_molecule
 
 
 @pytest.fixture(params=["behler_parrinello", "painn"])

@@ -17,8 +17,8 @@ import torch
 
 from hybridpot.physics.d3_params import D3BJ_PARAMETERS, d3bj_parameters
 from hybridpot.physics.dispersion import DEFAULT_CN_CUTOFF, DEFAULT_CUTOFF, D3Dispersion, d3_energy, tail_integrals
+from hybridpot.testing import check_cutoff_continuity, check_finite_difference_forces, check_invariances, random_rotation
 from hybridpot.units import KJ_PER_MOL_PER_HARTREE, NM_PER_ANGSTROM, NM_PER_BOHR
-from physics_checks import check_cutoff_continuity, check_finite_difference_forces, check_invariances, random_rotation
 
 dftd3_interface = pytest.importorskip("dftd3.interface")
 DispersionModel = dftd3_interface.DispersionModel

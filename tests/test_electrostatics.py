@@ -18,9 +18,8 @@ from torch import Tensor
 from hybridpot.physics.electrostatics import Electrostatics, coulomb_energy
 from hybridpot.physics.ewald_params import fft_size, gaussian_pair_cutoff, real_space_cutoff
 from hybridpot.physics.neighbors import frame_neighbors, pair_vectors
+from hybridpot.testing import check_finite_difference_forces, check_invariances, jittered_box, random_molecule
 from hybridpot.units import COULOMB
-
-from physics_checks import check_finite_difference_forces, check_invariances, jittered_box, random_molecule
 
 F64 = torch.float64
 #: Rock-salt Madelung constant (per ion pair, nearest-neighbor distance as length unit).

@@ -18,8 +18,8 @@ from hybridpot.data import example_path
 from hybridpot.ensemble import EnsembleModel, load_ensemble, save_ensemble
 from hybridpot.openmm import load_openmm_torch
 from hybridpot.openmm.bindings import make_force
+from hybridpot.testing import ETHANOL, ETHANOL_Z
 
-from physics_checks import ETHANOL, ETHANOL_Z  # noqa: E402
 CONFIG = {"elements": ["H", "C", "O"], "dtype": "float64", "energy_scale": 5.0,
           "behler_parrinello": {"hidden": [8], "n_radial": 4, "n_angular": 2}}
 

@@ -9,7 +9,7 @@ from openmm import app, unit
 import hybridpot
 from hybridpot.openmm import create_mixed_system
 from hybridpot.openmm.mixed import MLRegionModule, _embedding_electrostatics
-from physics_checks import check_finite_difference_forces
+from hybridpot.testing import check_finite_difference_forces
 
 KJ = unit.kilojoule_per_mole
 CUTOFF = 0.6

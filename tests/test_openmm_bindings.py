@@ -7,7 +7,7 @@ import torch
 
 import hybridpot
 from hybridpot.openmm.bindings import make_force
-from physics_checks import jittered_box, random_molecule
+from hybridpot.testing import jittered_box, random_molecule
 
 KJ = openmm.unit.kilojoule_per_mole
 NM = openmm.unit.nanometer

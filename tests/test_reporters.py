@@ -16,8 +16,8 @@ from hybridpot.data import read_extxyz
 from hybridpot.ensemble import EnsembleModel
 from hybridpot.openmm import ExtrapolationError, UncertaintyReporter, create_system
 from hybridpot.openmm.reporters import CSV_COLUMNS
+from hybridpot.testing import ETHANOL, ETHANOL_Z
 
-from physics_checks import ETHANOL, ETHANOL_Z  # noqa: E402
 STEP_PS = 0.0005
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import hybridpot
-from physics_checks import (
+from hybridpot.testing import (
     check_cutoff_continuity,
     check_finite_difference_forces,
     check_invariances,

@@ -11,7 +11,7 @@ import torch
 
 import hybridpot
 from hybridpot.physics.repulsion import ZBLRepulsion
-from physics_checks import (
+from hybridpot.testing import (
     check_cutoff_continuity,
     check_finite_difference_forces,
     check_invariances,
