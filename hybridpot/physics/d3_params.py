@@ -2,7 +2,7 @@
 
 Values are those of the official D3 library's parameter database (``parameters.toml`` shipped with
 the ``dftd3`` / s-dftd3 package, entries ``[parameter.<name>] d3.bj``); the original sources are the
-DOIs listed. ``tests/test_dispersion.py`` checks every entry against the installed ``dftd3`` package,
+DOIs listed. ``tests/unit/physics/test_dispersion.py`` checks every entry against the installed ``dftd3`` package,
 so a transcription error fails the test suite.
 
 ``a2`` is in bohr, the unit in which the literature tabulates it; :class:`D3Dispersion` converts it to

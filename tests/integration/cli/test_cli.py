@@ -43,7 +43,7 @@ import pytest  # noqa: E402
 
 from hybridpot.cli import parse_molecule_charges  # noqa: E402
 
-NACL_WATER = Path(__file__).resolve().parents[1] / "systems" / "nacl_water" / "system.pdb"  # NA, CL, 62 HOH
+NACL_WATER = Path(__file__).resolve().parents[3] / "systems" / "nacl_water" / "system.pdb"  # NA, CL, 62 HOH
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -100,7 +100,7 @@ def test_md_malformed_molecule_charges_is_one_line_and_exit_2(tmp_path):
 
 
 def _charge_head_model_file(tmp_path):
-    """An untrained periodic model for H, O, Na, Cl with a charge head, PME and D3 (as tests/test_systems.py)."""
+    """An untrained periodic model for H, O, Na, Cl with a charge head, PME and D3 (as tests/integration/openmm/test_systems.py)."""
     import torch
 
     import hybridpot

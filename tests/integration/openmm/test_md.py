@@ -138,7 +138,7 @@ def test_nan_model_from_the_start(pdb_files, tmp_path, capsys):
                  "--backend", "pythonforce", "--no-progress"])
     # a file with NaN weights is refused when it is loaded (exit 2, naming a weight tensor); the same
     # model object given to run_md stops at step 0 without claiming a good frame
-    # (tests/test_reliability_openmm.py::test_non_finite_initial_energy_does_not_claim_a_good_frame)
+    # (tests/integration/openmm/test_reliability_openmm.py::test_non_finite_initial_energy_does_not_claim_a_good_frame)
     assert code == 2
     err = capsys.readouterr().err
     assert "weight tensor" in err and "NaN or infinite" in err and "Traceback" not in err
@@ -206,7 +206,7 @@ def test_md_with_ensemble_reports_uncertainty(pdb_files, tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------- MDOptions
 
-NACL_WATER = Path(__file__).resolve().parents[1] / "systems" / "nacl_water" / "system.pdb"
+NACL_WATER = Path(__file__).resolve().parents[3] / "systems" / "nacl_water" / "system.pdb"
 
 
 @pytest.mark.parametrize("name, value, expected", [

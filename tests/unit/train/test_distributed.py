@@ -1,7 +1,7 @@
 """Data-parallel training (hybridpot.train.distributed): two gloo processes launched by torchrun train
 the same weights as one process on the same global batches (float64), and resume from their checkpoint.
 
-Reference: single-process training, which tests/test_train.py checks on its own (loss by hand, resume).
+Reference: single-process training, which tests/unit/train/test_train.py checks on its own (loss by hand, resume).
 """
 
 import copy

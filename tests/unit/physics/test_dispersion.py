@@ -25,17 +25,15 @@ DispersionModel = dftd3_interface.DispersionModel
 RationalDampingParam = dftd3_interface.RationalDampingParam
 
 FUNCTIONALS = ["pbe", "b3lyp", "revpbe", "pbe0", "wb97x"]
-HERE = os.path.dirname(__file__)
 
 
 # --- systems (positions in nm) ---------------------------------------------------------------------
 def ethanol():
     from ase.io import read
 
-    path = os.path.join(HERE, "data", "rmd17_ethanol_1000.xyz")
-    if not os.path.exists(path):
-        path = "/work/shared/data/rmd17_ethanol_1000.xyz"
-    atoms = read(path, index=0)
+    from hybridpot.data import example_path
+
+    atoms = read(str(example_path("rmd17_ethanol_1000.xyz")), index=0)
     return atoms.positions * NM_PER_ANGSTROM, atoms.numbers.copy()
 
 

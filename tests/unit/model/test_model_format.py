@@ -14,7 +14,7 @@ import torch
 import hybridpot
 from hybridpot.model import MODEL_FORMAT_VERSION
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "format1")
+FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "format1")
 with open(os.path.join(FIXTURES, "references.json")) as _handle:
     REFERENCES = json.load(_handle)["models"]
 
@@ -133,7 +133,7 @@ def test_ensembles_of_format_1_members_load_and_resave_as_format_3(tmp_path):
     assert float(out["energy"]) == pytest.approx(ref["energy_kj_mol"], rel=tolerance("float32"), abs=1e-10)
 
 
-FORMAT2 = os.path.join(os.path.dirname(__file__), "fixtures", "format2")
+FORMAT2 = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "format2")
 with open(os.path.join(FORMAT2, "references.json")) as _handle:
     REFERENCES2 = json.load(_handle)["models"]
 

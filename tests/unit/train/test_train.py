@@ -153,7 +153,7 @@ def test_config_defaults_and_validation(tmp_path):
 
 
 def test_example_configs_are_valid():
-    root = os.path.join(os.path.dirname(__file__), "..", "examples")
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "..", "examples")
     for name in ("ethanol_bp.yaml", "ethanol_painn.yaml"):
         cfg = load_train_config(os.path.join(root, name))
         assert cfg["data"]["path"] == "builtin:rmd17_ethanol_1000.xyz"

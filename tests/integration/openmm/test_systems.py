@@ -22,7 +22,7 @@ from hybridpot.data import read_extxyz
 from hybridpot.openmm import create_mixed_system, create_system, load_openmm_torch
 from hybridpot.openmm.system import fragment_assignment
 
-SYSTEMS = Path(__file__).resolve().parents[1] / "systems"
+SYSTEMS = Path(__file__).resolve().parents[3] / "systems"
 KJ = unit.kilojoule_per_mole
 NM = unit.nanometer
 PEPTIDE = ("ACE", "ALA", "NME")
