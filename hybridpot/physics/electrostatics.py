@@ -219,13 +219,13 @@ class PMEReciprocal(torch.nn.Module):
             total = total + self.spline[idx] * torch.cos((2.0 * math.pi / n) * (idx - half) * m)
         return total * total
 
-    def forward(self, positions: Tensor, charges: Tensor, box: Tensor, alpha: float, mesh: List[int]) -> Tensor:
-        """Reciprocal energy (kJ/mol) of one frame; ``mesh`` = points along each lattice vector."""
-        device = positions.device
-        dtype = positions.dtype
+    def potential_mesh(self, flat: Tensor, w3: Tensor, charges: Tensor, box: Tensor, alpha: float,
+                       mesh: List[int]) -> Tensor:
+        """The reciprocal-space potential on the flattened mesh (without k_e / V) of the charges
+        assigned by ``flat``, ``w3`` (see :meth:`assignment`)."""
+        device = charges.device
+        dtype = charges.dtype
         ns = torch.tensor(mesh, dtype=torch.long, device=device)
-        n_atoms = positions.shape[0]
-        flat, w3 = self.assignment(positions, box, mesh)
         n_points = mesh[0] * mesh[1] * mesh[2]
         rho = torch.zeros(n_points, dtype=dtype, device=device).index_add(0, flat, (w3 * charges).reshape(-1))
         rho = rho.view(1, mesh[0], mesh[1], mesh[2])
@@ -246,9 +246,27 @@ class PMEReciprocal(torch.nn.Module):
         # Unnormalised transforms both ways: phi(g) = sum_m G(m) rho_hat(m) exp(2 pi i m.g / n).
         rho_hat = torch.fft.rfftn(rho, dim=(1, 2, 3), norm="backward")
         phi = torch.fft.irfftn(rho_hat * (green / bspline), s=mesh, dim=(1, 2, 3), norm="forward")
-        potential = (phi.reshape(n_points).index_select(0, flat).view(w3.shape[0], n_atoms) * w3).sum(0)
+        return phi.reshape(n_points)
+
+    def forward(self, positions: Tensor, charges: Tensor, box: Tensor, alpha: float, mesh: List[int]) -> Tensor:
+        """Reciprocal energy (kJ/mol) of one frame; ``mesh`` = points along each lattice vector."""
+        n_atoms = positions.shape[0]
+        flat, w3 = self.assignment(positions, box, mesh)
+        phi = self.potential_mesh(flat, w3, charges, box, alpha, mesh)
+        potential = (phi.index_select(0, flat).view(w3.shape[0], n_atoms) * w3).sum(0)
         volume = torch.abs(torch.linalg.det(box))
         return (0.5 * self.coulomb / volume) * (charges * potential).sum()
+
+    def cross_energy(self, positions_a: Tensor, charges_a: Tensor, positions_b: Tensor, charges_b: Tensor,
+                     box: Tensor, alpha: float, mesh: List[int]) -> Tensor:
+        """Reciprocal interaction energy (kJ/mol) of charges a with charges b: one mesh of b's charges,
+        its potential read at a's positions (the a-b term of the energy of a + b)."""
+        flat_b, w3_b = self.assignment(positions_b, box, mesh)
+        phi = self.potential_mesh(flat_b, w3_b, charges_b, box, alpha, mesh)
+        flat_a, w3_a = self.assignment(positions_a, box, mesh)
+        potential = (phi.index_select(0, flat_a).view(w3_a.shape[0], positions_a.shape[0]) * w3_a).sum(0)
+        volume = torch.abs(torch.linalg.det(box))
+        return (self.coulomb / volume) * (charges_a * potential).sum()
 
 
 # --- The module used by models -----------------------------------------------------------------
