@@ -89,6 +89,9 @@ class OpenMMModule(torch.nn.Module):
         self.n_particles_needed = int(index.max()) + 1 if index.size else 0  # with atoms: the System's minimum
         self.n_particles_exact = -1  # with atoms: the System's exact size where known (ML/MM embedding)
         self.periodic = bool(model.periodic)
+        #: a molecular model inside a periodic System (ML/MM): the System passes a box, the model
+        #: sees the ML atoms as one isolated cluster (see :meth:`whole`)
+        self.cluster = False
         # the translation applied to the positions (see translated()): lattice cells (periodic) or nm
         self.register_buffer("translation", torch.zeros(3, dtype=torch.float64))
         self.recentre_distance = RECENTRE_DISTANCE
@@ -115,12 +118,12 @@ class OpenMMModule(torch.nn.Module):
                 f"System has {n} particles; build or export it for the structure being simulated "
                 "(hybridpot export MODEL --pdb STRUCTURE)"
             )
-        if self.periodic and box is None:
+        if (self.periodic or self.cluster) and box is None:
             raise ValueError(
                 "hybridpot: the model is periodic but OpenMM passed no box vectors: give the System a periodic "
                 "box and call setUsesPeriodicBoundaryConditions(True) on the TorchForce"
             )
-        if not self.periodic and box is not None:
+        if not (self.periodic or self.cluster) and box is not None:
             raise ValueError(
                 "hybridpot: the model is non-periodic but OpenMM passed box vectors: call "
                 "setUsesPeriodicBoundaryConditions(False) on the TorchForce, or use a periodic model"
@@ -157,10 +160,18 @@ class OpenMMModule(torch.nn.Module):
             shift = shift.detach().clone()
         return positions - shift  # x - 0.0 == x: nothing changes near the origin
 
+    def whole(self, positions: Tensor, box: Tensor) -> Tensor:
+        """The atoms ``positions`` (M, 3) as one whole cluster: each at the periodic image nearest to
+        the first atom. Exact while the cluster spans less than half the shortest box height, as an
+        ML region of a molecule, a ligand or an active site in a box of its solvent does."""
+        offsets = positions - positions[0:1]
+        cells = torch.round(torch.matmul(offsets.detach(), torch.linalg.inv(box.detach())))
+        return positions - torch.matmul(cells, box)
+
     def model_outputs(self, positions: Tensor, box: Optional[Tensor]) -> Dict[str, Tensor]:
         """The model's output dict for the selected atoms (positions already in the model's dtype)."""
         cell: Optional[Tensor] = None
-        if box is not None:
+        if box is not None and not self.cluster:
             cell = box.to(positions.dtype).unsqueeze(0)
         frag: Optional[Tensor] = None
         frag_q: Optional[Tensor] = None
@@ -168,6 +179,8 @@ class OpenMMModule(torch.nn.Module):
             frag = self.fragments
             frag_q = self.fragment_charges
         pos = positions[self.atoms] if self.subset else positions
+        if self.cluster and box is not None:
+            pos = self.whole(pos, box.to(pos.dtype))
         pairs: Optional[List[Tensor]] = None
         if self.use_pair_list and cell is not None:
             i, j, shifts, offsets = self.pair_list(pos, cell[0], self.model.max_pair_cutoff(cell[0]))

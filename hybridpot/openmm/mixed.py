@@ -11,12 +11,21 @@
 Embeddings:
 
 - ``"mechanical"``: ML atoms keep their MM charges, so ML-MM Coulomb comes from the MM force field.
+  With a periodic model that sums its own Ewald/PME electrostatics, the MM Coulomb energy among the
+  ML atoms is removed including their periodic images (as openmm-ml does for long-range models): the
+  ML-ML exceptions keep their charge products and a CustomCVForce subtracts a PME NonbondedForce that
+  holds only the ML atoms' MM charges.
 - ``"electrostatic"``: ML atoms' MM charges are set to zero and the ML-MM Coulomb energy is computed
-  in the torch graph with the model's geometry-dependent charges q_i(R) against the MM point charges,
-  by PME with the MM NonbondedForce's cutoff and error tolerance. Coulomb energy is bilinear in the
-  charges, so with a = ML charges and b = MM charges placed on all atoms,
-  E_cross = (E(a + b) - E(a - b)) / 2, which contains neither ML-ML nor MM-MM terms (no double
-  counting). Forces include dq/dR; the energy is conservative.
+  in the torch graph with the model's geometry-dependent charges q_i(R) against the MM point charges
+  (:class:`hybridpot.physics.embedding.MLMMCoulomb`): ``embedding_method="pme"`` (periodic default:
+  real space over ML-MM pairs only and one mesh of the MM charges, with the MM NonbondedForce's
+  cutoff and error tolerance), ``"cutoff"`` (damped shifted force within ``embedding_cutoff``, cost
+  O(ML atoms x neighbors)) or, without periodicity, all ML-MM pairs. Forces include dq/dR; the
+  energy is conservative.
+
+A molecular (non-periodic) model in a periodic System describes the ML region as an isolated cluster:
+its atoms are made whole across the periodic boundary (the images nearest the first ML atom) and the
+model sees no images, so its cost does not depend on the box.
 """
 
 from __future__ import annotations
@@ -34,17 +43,21 @@ from hybridpot.model import HybridModel
 from hybridpot.model.export import OpenMMModule, atom_indices
 from hybridpot.openmm.bindings import BACKENDS, force_from_module
 from hybridpot.openmm.system import fragment_assignment, topology_atomic_numbers
-from hybridpot.physics.electrostatics import Electrostatics
+from hybridpot.physics.embedding import EMBEDDING_METHODS, MLMMCoulomb
 
 EMBEDDINGS = ("mechanical", "electrostatic")
+#: DSF cutoff of ``embedding_method="cutoff"`` when none is given, nm (the QM/MM practice for large
+#: environments); at most half the shortest box height.
+DEFAULT_EMBEDDING_CUTOFF = 1.2
 
 
 class MLRegionModule(OpenMMModule):
     """forward(positions (N_all, 3) nm [, box]) -> energy of the ML region + ML-MM Coulomb, kJ/mol.
 
-    The model sees only ``ml_atoms``; with ``embedding`` (an Electrostatics module) and the MM charges
-    of all atoms (zero on ML atoms), the ML-MM Coulomb energy of the model's charges is added. Input
-    checks and the precision-keeping translation of all positions are those of :class:`OpenMMModule`.
+    The model sees only ``ml_atoms`` (as one isolated cluster when ``cluster``: a molecular model in a
+    periodic System); with ``embedding`` (:class:`MLMMCoulomb`) and the MM charges of all atoms (zero
+    on ML atoms), the ML-MM Coulomb energy of the model's charges is added. Input checks and the
+    precision-keeping translation of all positions are those of :class:`OpenMMModule`.
     """
 
     def __init__(
@@ -56,15 +69,18 @@ class MLRegionModule(OpenMMModule):
         fragments: Optional[np.ndarray],
         fragment_charges: Optional[np.ndarray],
         mm_charges: Optional[np.ndarray],
-        embedding: Optional[Electrostatics],
+        embedding: Optional[MLMMCoulomb],
+        cluster: bool = False,
     ):
         super().__init__(model, atomic_numbers, total_charge, fragments, fragment_charges, atoms=ml_atoms)
+        if cluster and model.periodic:
+            raise ValueError("cluster=True is for molecular (non-periodic) models; a periodic model sees the box")
+        self.cluster = bool(cluster)
         self.embedding = embedding
         n_all = 0 if mm_charges is None else len(mm_charges)
         self.register_buffer(
             "mm_charges", torch.as_tensor(mm_charges if mm_charges is not None else np.zeros(0), dtype=model.dtype)
         )
-        self.register_buffer("all_ptr", torch.tensor([0, n_all], dtype=torch.long))
         if embedding is not None:  # the MM charges describe exactly n_all particles
             self.n_particles_exact = n_all
 
@@ -77,11 +93,8 @@ class MLRegionModule(OpenMMModule):
         if embedding is not None:
             cell: Optional[Tensor] = None
             if box is not None:
-                cell = box.to(pos.dtype).unsqueeze(0)
-            ml_q = torch.zeros_like(self.mm_charges).index_copy(0, self.atoms, out["charges"])
-            plus = embedding(pos, self.mm_charges + ml_q, cell, self.all_ptr)
-            minus = embedding(pos, self.mm_charges - ml_q, cell, self.all_ptr)
-            energy = energy + 0.5 * (plus - minus).sum().to(energy.dtype)
+                cell = box.to(pos.dtype)
+            energy = energy + embedding(pos, self.atoms, out["charges"], self.mm_charges, cell).to(energy.dtype)
         return energy.to(torch.float64)
 
 
@@ -143,6 +156,8 @@ def create_mixed_system(
     ml_atoms: Sequence[int],
     *,
     embedding: str = "mechanical",
+    embedding_method: Optional[str] = None,
+    embedding_cutoff: Optional[float] = None,
     backend: str = "auto",
     total_charge: Optional[float] = None,
     molecule_charges=None,
@@ -153,12 +168,17 @@ def create_mixed_system(
 
     Parameters
     ----------
-    model: HybridModel; periodic exactly when ``mm_system`` is (its box is passed to the model)
+    model: HybridModel; a periodic model needs a periodic ``mm_system`` (its box is passed to the model);
+        a molecular model in a periodic ``mm_system`` sees the ML region as an isolated cluster
     topology: the full system's topology (elements of the ML atoms are checked against the model)
     mm_system: the classical System, e.g. from ``ForceField.createSystem`` (one NonbondedForce)
     ml_atoms: indices of the ML region (distinct integers; ValueError otherwise)
     embedding: "mechanical" or "electrostatic" (needs a model with a charge head and, for periodic
-        systems, an MM NonbondedForce with PME)
+        systems, an MM NonbondedForce with PME or Ewald)
+    embedding_method: how electrostatic embedding sums the ML-MM Coulomb energy: "pme" (default for
+        periodic systems; the NonbondedForce's cutoff and error tolerance), "cutoff" (damped shifted
+        force within ``embedding_cutoff``, default 1.2 nm) or "direct" (non-periodic systems, the default
+        there); see :mod:`hybridpot.physics.embedding`
     total_charge / molecule_charges: charge of the ML region, or one charge per residue of the ML region
     compile: evaluate the ML force through ``torch.compile`` in a PythonForce (see
         :func:`hybridpot.openmm.bindings.force_from_module`)
@@ -174,9 +194,11 @@ def create_mixed_system(
     bad = [a for a in atoms if not 0 <= a < n_all]
     if bad:
         raise ValueError(f"ml_atoms indices {bad[:10]} are out of range for a system of {n_all} atoms")
-    if model.periodic != mm_system.usesPeriodicBoundaryConditions():
-        kind = "periodic" if mm_system.usesPeriodicBoundaryConditions() else "non-periodic"
-        raise ValueError(f"the MM system is {kind} but the model is {'periodic' if model.periodic else 'not'}")
+    system_periodic = mm_system.usesPeriodicBoundaryConditions()
+    if model.periodic and not system_periodic:
+        raise ValueError("the model is periodic but the MM system is not: use a molecular model, or a periodic System")
+    if embedding_method is not None and embedding != "electrostatic":
+        raise ValueError(f"embedding_method applies to embedding='electrostatic', not {embedding!r}")
     numbers = _ml_atomic_numbers(model, topology, atoms)
     if embedding == "electrostatic" and model.charge_head is None:
         raise ValueError("electrostatic embedding needs a model with a charge head (charges.enabled)")
@@ -186,11 +208,19 @@ def create_mixed_system(
     _zero_ml_bonded_terms(system, ml)
     nb = _nonbonded(system)
     mm_charges = None
-    electrostatics = None
+    coulomb = None
     if nb is not None:
+        long_range = embedding == "mechanical" and _model_long_range(model) and nb.getNonbondedMethod() in (
+            openmm.NonbondedForce.PME, openmm.NonbondedForce.Ewald)
+        charges = [nb.getParticleParameters(i)[0] for i in atoms]
         for a, i in enumerate(atoms):
-            for j in atoms[a + 1 :]:
-                nb.addException(i, j, 0.0, 1.0, 0.0, True)
+            for b in range(a + 1, len(atoms)):
+                # a long-range model computes the ML-ML Coulomb energy, images included: the exception
+                # keeps the direct pair here and _exclude_ml_coulomb removes all of it, as openmm-ml does
+                product = charges[a] * charges[b] if long_range else 0.0
+                nb.addException(i, atoms[b], product, 1.0, 0.0, True)
+        if long_range:
+            _exclude_ml_coulomb(system, nb, atoms)
         if embedding == "electrostatic":
             mm_charges = np.zeros(n_all)
             for i in range(n_all):
@@ -203,7 +233,9 @@ def create_mixed_system(
                 i, j, qq, sigma, eps = nb.getExceptionParameters(k)
                 if (i in ml) != (j in ml):  # covalent ML-MM boundary: its MM charge product goes too
                     nb.setExceptionParameters(k, i, j, 0.0, sigma, eps)
-            electrostatics = _embedding_electrostatics(nb, model)
+            coulomb = _embedding_coulomb(nb, embedding_method, embedding_cutoff)
+    elif embedding == "electrostatic":
+        raise ValueError("electrostatic embedding needs the MM system's NonbondedForce (it holds the MM charges)")
     fragments = frag_q = None
     if molecule_charges is not None:
         all_frag, all_q = fragment_assignment(topology, molecule_charges)
@@ -215,7 +247,8 @@ def create_mixed_system(
         if total_charge is None:
             total_charge = float(frag_q.sum())
     module = MLRegionModule(
-        model, atoms, numbers, float(total_charge or 0.0), fragments, frag_q, mm_charges, electrostatics
+        model, atoms, numbers, float(total_charge or 0.0), fragments, frag_q, mm_charges, coulomb,
+        cluster=system_periodic and not model.periodic,
     )
     system.addForce(force_from_module(module, model.periodic, backend=backend, verbose=verbose, compile=compile)[0])
     return system
@@ -231,14 +264,52 @@ def _ml_atomic_numbers(model: HybridModel, topology, atoms) -> np.ndarray:
     return numbers
 
 
-def _embedding_electrostatics(nb: openmm.NonbondedForce, model: HybridModel) -> Electrostatics:
-    method = nb.getNonbondedMethod()
-    if method == openmm.NonbondedForce.NoCutoff:
-        return Electrostatics(method="direct").to(model.dtype)
-    if method in (openmm.NonbondedForce.PME, openmm.NonbondedForce.Ewald):
-        cutoff = nb.getCutoffDistance().value_in_unit(openmm.unit.nanometer)
-        return Electrostatics(method="pme", accuracy=nb.getEwaldErrorTolerance(), cutoff=cutoff).to(model.dtype)
-    raise ValueError(
-        "electrostatic embedding needs the MM NonbondedForce to use PME, Ewald or NoCutoff "
-        f"(got method {method}); reaction-field cutoffs are not supported"
-    )
+def _model_long_range(model) -> bool:
+    """True for a periodic model (or ensemble) that sums its own Ewald/PME electrostatics."""
+    members = getattr(model, "members", [model])
+    return bool(model.periodic and any(getattr(m, "electrostatics", None) is not None for m in members))
+
+
+def _exclude_ml_coulomb(system: openmm.System, nb: openmm.NonbondedForce, atoms: Sequence[int]) -> None:
+    """Subtract the MM Coulomb energy among the ML atoms, periodic images included: minus a PME
+    NonbondedForce that holds only their charges (no Lennard-Jones, no exceptions)."""
+    exclude = openmm.NonbondedForce()
+    exclude.setNonbondedMethod(openmm.NonbondedForce.PME)
+    exclude.setCutoffDistance(nb.getCutoffDistance())
+    exclude.setEwaldErrorTolerance(nb.getEwaldErrorTolerance())
+    exclude.setPMEParameters(*nb.getPMEParameters())
+    exclude.setUseDispersionCorrection(False)
+    ml = set(int(a) for a in atoms)
+    for i in range(system.getNumParticles()):
+        exclude.addParticle(nb.getParticleParameters(i)[0] if i in ml else 0.0, 1.0, 0.0)
+    cv = openmm.CustomCVForce("-ml_coulomb")
+    cv.addCollectiveVariable("ml_coulomb", exclude)
+    cv.setName("hybridpot: minus MM Coulomb among ML atoms")
+    system.addForce(cv)
+
+
+def _embedding_coulomb(nb: openmm.NonbondedForce, method: Optional[str], cutoff: Optional[float]) -> MLMMCoulomb:
+    """The ML-MM Coulomb module of electrostatic embedding for the MM NonbondedForce ``nb``."""
+    if method is not None and method not in EMBEDDING_METHODS:
+        raise ValueError(f"unknown embedding_method {method!r}; known: {', '.join(EMBEDDING_METHODS)}")
+    nb_method = nb.getNonbondedMethod()
+    if nb_method == openmm.NonbondedForce.NoCutoff:
+        if method not in (None, "direct"):
+            raise ValueError(f"embedding_method {method!r} needs a periodic system; without one the ML-MM "
+                             "Coulomb energy is summed over all pairs (embedding_method 'direct')")
+        return MLMMCoulomb("direct")
+    if nb_method not in (openmm.NonbondedForce.PME, openmm.NonbondedForce.Ewald):
+        raise ValueError(
+            "electrostatic embedding needs the MM NonbondedForce to use PME, Ewald or NoCutoff "
+            f"(got method {nb_method}); reaction-field cutoffs are not supported"
+        )
+    method = method or "pme"
+    if method == "direct":
+        raise ValueError("embedding_method 'direct' is for non-periodic systems; use 'pme' or 'cutoff'")
+    nb_cutoff = nb.getCutoffDistance().value_in_unit(openmm.unit.nanometer)
+    if method == "pme":
+        if cutoff is not None and abs(cutoff - nb_cutoff) > 1e-12:
+            raise ValueError(f"embedding_method 'pme' uses the NonbondedForce's cutoff ({nb_cutoff} nm); "
+                             f"embedding_cutoff={cutoff} applies to 'cutoff'")
+        return MLMMCoulomb("pme", nb_cutoff, nb.getEwaldErrorTolerance())
+    return MLMMCoulomb("cutoff", DEFAULT_EMBEDDING_CUTOFF if cutoff is None else float(cutoff))

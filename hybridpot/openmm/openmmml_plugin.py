@@ -72,7 +72,8 @@ class HybridpotPotentialImpl:
         **args: Any,
     ) -> None:
         """Add one TorchForce/PythonForce evaluating the model on ``atoms`` (all atoms if None)."""
-        from hybridpot.openmm.bindings import OpenMMModule, force_from_module
+        from hybridpot.model.export import OpenMMModule
+        from hybridpot.openmm.bindings import force_from_module
         from hybridpot.openmm.mixed import MLRegionModule
         from hybridpot.openmm.system import check_model_topology, fragment_assignment
 
@@ -83,14 +84,14 @@ class HybridpotPotentialImpl:
                 "charge, molecule_charges, backend"
             )
         subset: Optional[List[int]] = None if atoms is None else [int(a) for a in atoms]
-        numbers = check_model_topology(self.model, topology, subset)
+        # a molecular model describes the atoms of a periodic topology as one isolated cluster
+        numbers = check_model_topology(self.model, topology, subset, cluster=True)
         # openmm-ml passes the System being built (createSystem: no forces yet; interpolation: an empty
         # scratch System), so only a mixed System that already has its MM forces can be checked here
         system_periodic = system.usesPeriodicBoundaryConditions()
-        if subset is not None and system.getNumForces() and self.model.periodic != system_periodic:
-            kind = "periodic" if system_periodic else "non-periodic"
-            model_kind = "periodic" if self.model.periodic else "not"
-            raise ValueError(f"the System is {kind} but the hybridpot model is {model_kind}")
+        if subset is not None and system.getNumForces() and self.model.periodic and not system_periodic:
+            raise ValueError("the System is non-periodic but the hybridpot model is periodic")
+        cluster = not self.model.periodic and topology.getPeriodicBoxVectors() is not None
         fragments = fragment_charges = None
         total_charge = float(charge)
         if molecule_charges is not None:
@@ -103,8 +104,10 @@ class HybridpotPotentialImpl:
             total_charge = float(sum(fragment_charges))
         if subset is None:
             module = OpenMMModule(self.model, numbers, total_charge, fragments, fragment_charges)
+            module.cluster = cluster
         else:
-            module = MLRegionModule(self.model, subset, numbers, total_charge, fragments, fragment_charges, None, None)
+            module = MLRegionModule(self.model, subset, numbers, total_charge, fragments, fragment_charges, None, None,
+                                    cluster=cluster)
         if system.getNumParticles() == 0 and topology.getNumAtoms() > 0:
             # openmm-ml's interpolate=True builds the ML force in an empty scratch System and deep-copies
             # it; copying an openmm-torch 1.5 TorchForce made from an in-memory module crashes the process
@@ -114,7 +117,7 @@ class HybridpotPotentialImpl:
                     "use backend='pythonforce' (or 'auto')"
                 )
             backend = "pythonforce"
-        force, _ = force_from_module(module, self.model.periodic, backend=backend, verbose=False)
+        force, _ = force_from_module(module, self.model.periodic or cluster, backend=backend, verbose=False)
         force.setForceGroup(forceGroup)
         force.setName("hybridpot")
         system.addForce(force)

@@ -103,8 +103,11 @@ def topology_atomic_numbers(topology: openmm.app.Topology) -> np.ndarray:
     return np.asarray(numbers, dtype=np.int64)
 
 
-def check_model_topology(model: HybridModel, topology: openmm.app.Topology, atoms: Optional[Sequence[int]] = None) -> np.ndarray:
-    """Atomic numbers of ``atoms`` (default: all); errors name elements the model lacks and periodicity mismatches."""
+def check_model_topology(model: HybridModel, topology: openmm.app.Topology, atoms: Optional[Sequence[int]] = None,
+                         cluster: bool = False) -> np.ndarray:
+    """Atomic numbers of ``atoms`` (default: all); errors name elements the model lacks and periodicity
+    mismatches. ``cluster``: a molecular model may describe atoms of a periodic topology as an isolated
+    cluster (ML/MM), so only a periodic model without a box is refused."""
     numbers = topology_atomic_numbers(topology)
     if atoms is not None:
         numbers = numbers[np.asarray(atoms, dtype=np.int64)]
@@ -119,7 +122,7 @@ def check_model_topology(model: HybridModel, topology: openmm.app.Topology, atom
     periodic_topology = topology.getPeriodicBoxVectors() is not None
     if model.periodic and not periodic_topology:
         raise ValueError("the model is periodic but the topology has no periodic box vectors")
-    if not model.periodic and periodic_topology:
+    if not model.periodic and periodic_topology and not cluster:
         raise ValueError(
             "the model is non-periodic but the topology is periodic: use a periodic model "
             "(config periodic: true) or remove the box from the topology"

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from hybridpot.physics.electrostatics import PMEReciprocal
-from hybridpot.physics.ewald_params import PME_ORDER, ewald_alpha, pme_mesh_size
+from hybridpot.physics.ewald_params import PME_ORDER, box_heights, ewald_alpha, pme_mesh_size
 from hybridpot.units import COULOMB
 
 EMBEDDING_METHODS = ("pme", "cutoff", "direct")
@@ -88,13 +88,15 @@ class MLMMCoulomb(torch.nn.Module):
         self.ref_box = torch.zeros(3, 3, dtype=torch.float64)
         self.pair_ml = torch.zeros(0, dtype=torch.long)
         self.pair_mm = torch.zeros(0, dtype=torch.long)
+        self.list_skin = self.skin  # the skin of the current list (less in boxes under 2 (cutoff + skin))
 
     def extra_repr(self) -> str:
         return f"method={self.method!r}, cutoff={self.cutoff} nm, accuracy={self.accuracy}"
 
     def pairs(self, positions: Tensor, ml_atoms: Tensor, mm_charges: Tensor, box: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-        """(ML index into ml_atoms, MM atom index) of every pair within cutoff + skin, each once; kept
-        until an atom has moved more than skin / 2 or the box has changed."""
+        """(ML index into ml_atoms, MM atom index) of every pair within cutoff + skin (at most half the
+        shortest box height), each once; kept until an atom has moved more than half that skin or the
+        box has changed."""
         points = positions.detach().to(torch.float64)
         rebuild = points.shape[0] != self.ref_positions.shape[0] or self.builds == 0
         if not rebuild:
@@ -102,7 +104,7 @@ class MLMMCoulomb(torch.nn.Module):
                 rebuild = True
             elif points.shape[0] > 0:
                 moved = (points - self.ref_positions).square().sum(dim=1).max()
-                rebuild = not bool(moved <= 0.25 * self.skin * self.skin)
+                rebuild = not bool(moved <= 0.25 * self.list_skin * self.list_skin)
         if rebuild:
             self.pair_ml, self.pair_mm = self._search(points, ml_atoms, mm_charges, box)
             self.ref_positions = points.clone()
@@ -117,6 +119,13 @@ class MLMMCoulomb(torch.nn.Module):
             m = torch.arange(ml_atoms.shape[0], device=points.device)
             return m.repeat_interleave(charged.shape[0]), charged.repeat(ml_atoms.shape[0])
         reach = self.cutoff + self.skin
+        if box is not None:
+            half = 0.5 * float(box_heights(box.detach().to(torch.float64)).min())
+            if self.cutoff > half:
+                raise ValueError("the embedding cutoff (" + str(self.cutoff) + " nm) exceeds half the shortest box "
+                                 "height (" + str(half) + " nm): use a smaller embedding cutoff or a larger box")
+            reach = min(reach, half)  # nearest images are unique up to half the box: a smaller skin
+        self.list_skin = reach - self.cutoff
         found_ml: List[Tensor] = []
         found_mm: List[Tensor] = []
         cell: Optional[Tensor] = None

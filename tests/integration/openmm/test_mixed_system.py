@@ -8,7 +8,7 @@ from openmm import app, unit
 
 import hybridpot
 from hybridpot.openmm import create_mixed_system
-from hybridpot.openmm.mixed import MLRegionModule, _embedding_electrostatics
+from hybridpot.openmm.mixed import MLRegionModule, _embedding_coulomb
 from hybridpot.testing import check_finite_difference_forces
 
 KJ = unit.kilojoule_per_mole
@@ -72,7 +72,7 @@ def test_electrostatic_embedding_equals_openmm_cross_term(water):
     nb = [f for f in mm.getForces() if isinstance(f, openmm.NonbondedForce)][0]
     mm_q = np.array([nb.getParticleParameters(i)[0].value_in_unit(unit.elementary_charge) for i in range(len(z))])
     mm_q[ml] = 0.0
-    module = MLRegionModule(model, ml, z[ml], 0.0, None, None, mm_q, _embedding_electrostatics(nb, model))
+    module = MLRegionModule(model, ml, z[ml], 0.0, None, None, mm_q, _embedding_coulomb(nb, None, None))
     e_module = float(module(torch.tensor(pos), torch.tensor(box)).detach())
     e_model = float(model.compute(pos[ml], z[ml], box=box)["energy"])
     q_ml = model.compute(pos[ml], z[ml], box=box)["charges"].numpy()
@@ -98,7 +98,7 @@ def test_embedding_forces_include_dq_dr(water):
     nb = [f for f in mm.getForces() if isinstance(f, openmm.NonbondedForce)][0]
     mm_q = np.array([nb.getParticleParameters(i)[0].value_in_unit(unit.elementary_charge) for i in range(len(z))])
     mm_q[ml] = 0.0
-    module = MLRegionModule(model, ml, z[ml], 0.0, None, None, mm_q, _embedding_electrostatics(nb, model))
+    module = MLRegionModule(model, ml, z[ml], 0.0, None, None, mm_q, _embedding_coulomb(nb, None, None))
     # ML atoms and an MM neighbor: forces on both come out of the same graph
     check_finite_difference_forces(
         lambda p, b: module(p, b), pos, box, atol=1e-5, atoms=[0, 1, 2, 3]
@@ -113,9 +113,14 @@ def test_mixed_system_runs_and_matches_module(water, embedding, backend):
     ml = [0, 1, 2]
     system = create_mixed_system(model, topology, mm, ml, embedding=embedding, backend=backend, verbose=False)
     nb = [f for f in system.getForces() if isinstance(f, openmm.NonbondedForce)][0]
-    # ML-ML nonbonded interactions are excluded; ML charges zeroed only for electrostatic embedding
+    # ML-ML Lennard-Jones is excluded; ML charges are zeroed only for electrostatic embedding. With
+    # mechanical embedding of this long-range model, the ML-ML exceptions keep their charge products and
+    # a CustomCVForce subtracts all ML-ML Coulomb, periodic images included
     pairs = {tuple(sorted(nb.getExceptionParameters(k)[:2])): nb.getExceptionParameters(k) for k in range(nb.getNumExceptions())}
-    assert pairs[(0, 1)][2].value_in_unit(unit.elementary_charge**2) == 0.0
+    assert pairs[(0, 1)][4].value_in_unit(KJ) == 0.0
+    product = pairs[(0, 1)][2].value_in_unit(unit.elementary_charge**2)
+    assert product == (pytest.approx(-0.834 * 0.417) if embedding == "mechanical" else 0.0)
+    assert any(isinstance(f, openmm.CustomCVForce) for f in system.getForces()) == (embedding == "mechanical")
     q0 = nb.getParticleParameters(0)[0].value_in_unit(unit.elementary_charge)
     assert (q0 == 0.0) == (embedding == "electrostatic")
     integrator = openmm.LangevinMiddleIntegrator(300, 1.0, 0.0005)
@@ -136,9 +141,10 @@ def test_mixed_system_errors(water):
     no_charges = hybridpot.build_model({"elements": ["H", "O"], "periodic": True})
     with pytest.raises(ValueError, match="electrostatic embedding needs a model with a charge head"):
         create_mixed_system(no_charges, topology, mm, [0, 1, 2], embedding="electrostatic")
-    open_model = hybridpot.build_model({"elements": ["H", "O"]})
-    with pytest.raises(ValueError, match="the MM system is periodic but the model is not"):
-        create_mixed_system(open_model, topology, mm, [0, 1, 2])
+    with pytest.raises(ValueError, match="embedding_method applies to embedding='electrostatic'"):
+        create_mixed_system(model, topology, mm, [0, 1, 2], embedding_method="cutoff")
+    with pytest.raises(ValueError, match="unknown embedding_method 'rf'; known: pme, cutoff, direct"):
+        create_mixed_system(model, topology, mm, [0, 1, 2], embedding="electrostatic", embedding_method="rf")
     only_h = hybridpot.build_model({"elements": ["H"], "periodic": True})
     with pytest.raises(ValueError, match=r"elements \['O'\] that the model was not trained for"):
         create_mixed_system(only_h, topology, mm, [0, 1, 2])

@@ -20,7 +20,7 @@ from hybridpot.openmm import md as md_module
 from hybridpot.openmm.bindings import OpenMMModule, make_force
 from hybridpot.openmm.md import SimulationUnstable, run_md
 from hybridpot.openmm.mixed import MLRegionModule
-from hybridpot.physics.electrostatics import Electrostatics
+from hybridpot.physics.embedding import MLMMCoulomb
 from hybridpot.model.export import export_torchscript
 from hybridpot.openmm.system import structure_atomic_numbers
 
@@ -119,7 +119,7 @@ def test_ml_region_indices_must_exist_in_the_system():
     charged = small_model(charges={"enabled": True, "hidden": [4]})
     mm_q = np.array([0.0, 0.0, 0.0, 0.4, -0.4])
     module = MLRegionModule(charged, [0, 1, 2], [8, 1, 1], 0.0, None, None, mm_q,
-                            Electrostatics(method="direct").to(torch.float32))
+                            MLMMCoulomb("direct"))
     six = np.vstack([WATER, [[0.5, 0.0, 0.0], [0.6, 0.0, 0.0], [0.7, 0.0, 0.0]]])
     with pytest.raises(ValueError, match="the ML/MM force was built for a System of 5 particles but the OpenMM "
                                          "System has 6"):
