@@ -250,7 +250,7 @@ def create_mixed_system(
         model, atoms, numbers, float(total_charge or 0.0), fragments, frag_q, mm_charges, coulomb,
         cluster=system_periodic and not model.periodic,
     )
-    system.addForce(force_from_module(module, model.periodic, backend=backend, verbose=verbose, compile=compile)[0])
+    system.addForce(force_from_module(module, model.periodic or module.cluster, backend=backend, verbose=verbose, compile=compile)[0])
     return system
 
 
