@@ -10,38 +10,24 @@ What it shows
 3. builds the amber14/TIP3P System of the solvated peptide (PME, 0.8 nm) and hands the peptide to the
    model with ``create_mixed_system(model, topology, mm_system, ml_atoms, embedding="electrostatic")``:
    the peptide's MM charges are zeroed and its geometry-dependent NN charges q_i(R) interact with the
-   water's TIP3P charges by PME inside the torch graph (forces include dq/dR);
+   water's TIP3P charges (forces include dq/dR), by default through PME restricted to the ML-MM cross
+   term (``--embedding-method pme``: ML-MM real-space pairs and one mesh of the water's charges) or a
+   damped-shifted-force cutoff (``--embedding-method cutoff``);
 4. runs Langevin MD and reports the backbone dihedrals phi/psi along the trajectory (mdtraj) and ns/day,
    next to the speed of the purely classical System.
 
-Periodic or not? The model is built with ``periodic: true`` and *no* electrostatics term of its own
-(``charges.enabled: true``, ``electrostatics.enabled: false``):
-
-- ``create_mixed_system`` requires the model's periodicity to match the MM System's, and the solvated
-  System is periodic (PME). Its box is passed to the model.
-- Periodicity only matters for the network's neighbor list, whose cutoff (0.5 nm) is far shorter than
-  the distance between the peptide and its periodic images (box 1.92 nm), so the periodic model gives
-  the peptide the energy it would get in vacuum. Training a periodic model on the non-periodic vacuum
-  frames therefore needs no box: the data are used as they are (hybridpot's trainer accepts this).
-- Without an E_elec term the network learns the whole vacuum energy, intramolecular electrostatics
-  included, and the charge head only serves the embedding (trained on the Mulliken charges and
-  dipoles). A model E_elec would need a box for PME during training, which the vacuum frames lack,
-  and would add the peptide's Coulomb interaction with its own periodic images. (systems/alanine_
-  dipeptide_water/README.md shows the other route: train a non-periodic model with E_elec and load
-  its weights into a periodic copy.)
+A molecular model in a periodic box. The model is trained on the peptide in vacuum: ``periodic:
+false``, with its own charges and Coulomb energy (``charges`` and ``electrostatics`` enabled, direct
+sum) and D3. In the periodic water box ``create_mixed_system`` evaluates it on the peptide as an
+isolated cluster: the peptide is made whole across the periodic boundary and the model sees no
+periodic images, so its cost depends on the peptide alone, not on the box. The water interacts with
+the peptide through the embedding only.
 
 Why the extra frames and why PaiNN: the vacuum MD behind data.xyz samples mostly phi -60 to -100,
 psi 20 to 90 deg; the solvated start (phi -132, psi 69) lies at its edge, and the ML/MM run goes
-where the water takes it. The 40 extra frames cover the solvated conformations. With an earlier
-version of this system (start at phi -59, psi 160, outside data.xyz), a Behler-Parrinello model
-trained on data.xyz alone put the start at -97,665 kJ/mol (11,000 below the data) with forces of
-3e6 kJ/mol/nm and MD failed at once: symmetry functions that never vary in the training data get a
-standard deviation clamped to 1e-6 (hybridpot/nn/behler_parrinello.py, set_statistics), so any
-structure where they are non-zero multiplies them by up to 1e6 (since 2026-11-21 the std is floored at
-0.1x the element's median descriptor spread instead; this example was not re-measured with BP since).
-PaiNN has no such normalisation.
-With the current data and the extra frames ``--architecture behler_parrinello`` runs as well (243
-epochs, validation force MAE 47.9 kJ/mol/nm, 1000 steps at 93 ms/step, phi -127 -> -165 deg).
+where the water takes it. The 40 extra frames cover the solvated conformations; symmetry functions
+that never vary in a small data set make Behler-Parrinello networks fragile there (PaiNN has no such
+normalisation), though ``--architecture behler_parrinello`` runs as well.
 
 Run
 ---
@@ -52,24 +38,9 @@ Run
 Outputs (default ``examples_out/alanine_dipeptide_mlmm/``): ``data_train.xyz`` (data.xyz + the extra frames), ``model/`` (training run),
 ``trajectory.dcd``, ``state.csv``, ``dihedrals.csv``, ``ramachandran.png``.
 
-Expected output (measured 2026-11-21, 2 shared CPU cores, OMP_NUM_THREADS=1)
-------------------------------------------------------------------------------
-Default run (2.5 min training = 266 epochs, 1000 ML/MM steps = 0.5 ps), 4.8 min in all:
-
-    data.xyz: 50 frames; plus labelled 40/40 frames with tblite:GFN2-xTB in 0.6 s (from 2 ps of amber14/TIP3P MD)
-    trained 266 epochs (time_budget) on 90 frames (85%): validation force MAE 45.6 kJ/mol/nm,
-      energy MAE 1.46 kJ/mol, charge MAE 0.011 e
-    ML/MM MD: 1000 steps of 0.5 fs (0.5 ps), 79.9 ms/step, 0.54 ns/day (amber14/TIP3P alone, same settings: 16.6 ns/day)
-    potential energy: -95971.2 kJ/mol at start, -96667.5 kJ/mol at the end; mean temperature 228 K over the second half
-    phi: start -132, mean -144, range -158 to -132 deg
-    psi: start 66, mean 42, range 24 to 69 deg
-
-The peptide stays near where it starts (phi about -145, psi 25-70 deg; 0.5 ps is far too short for
-transitions) and is still warming up. Electrostatic embedding costs most of the step: two PME sums over all 721 atoms in
-torch (about 90 ms/step here, against 12 ms/step with ``--embedding mechanical`` in a test with a
-Behler-Parrinello model).
-``--quick`` (0.5 min training, 200 steps), 1.9 min: 95.9 ms/step, 0.45 ns/day; phi -130 to -156, psi
-53 to 73 deg.
+What to expect: the peptide stays near where it starts (0.5 ps is far too short for transitions)
+and is still warming up from the minimised start; the timings against amber14/TIP3P alone are in
+``benchmarks/README.md`` (ML/MM scaling).
 """
 
 from __future__ import annotations
@@ -110,6 +81,9 @@ def main() -> None:
                         help="short-range network (default: %(default)s)")
     parser.add_argument("--embedding", choices=("electrostatic", "mechanical"), default="electrostatic",
                         help="ML/MM embedding (default: %(default)s; mechanical keeps the peptide's amber14 charges)")
+    parser.add_argument("--embedding-method", choices=("pme", "cutoff"), default="pme",
+                        help="how electrostatic embedding sums the peptide-water Coulomb energy: PME cross term "
+                             "or damped shifted force within 0.9 nm (default: %(default)s)")
     parser.add_argument("--timestep", type=float, default=0.5, help="fs (default: %(default)s)")
     parser.add_argument("--temperature", type=float, default=300.0, help="K (default: %(default)s)")
     parser.add_argument("--interval", type=int, default=20, help="steps between saved frames (default: %(default)s)")
@@ -182,13 +156,13 @@ def main() -> None:
     data += report.frames
     write_extxyz(data, out / "data_train.xyz")
 
-    # --- 2. train: periodic (see the docstring), charge head for the embedding, no E_elec of its own
+    # --- 2. train a molecular model (see the docstring): charges, their Coulomb energy and D3 in vacuum
     config = {
         "data": {"path": str(out / "data_train.xyz"), "split": [0.85, 0.15, 0.0], "seed": args.seed},
-        "model": {"architecture": args.architecture, "cutoff": 0.5, "dtype": "float32", "periodic": True,
+        "model": {"architecture": args.architecture, "cutoff": 0.5, "dtype": "float32", "periodic": False,
                   "behler_parrinello": {"n_radial": 16, "n_angular": 4, "hidden": [32, 32]},
                   "painn": {"n_features": 32, "n_layers": 2, "n_rbf": 16},
-                  "charges": {"enabled": True}},
+                  "charges": {"enabled": True}, "electrostatics": {"enabled": True}, "dispersion": {"enabled": True}},
         "training": {"epochs": 2000, "batch_size": 4, "lr": 2e-3, "patience": 200, "time_budget": args.minutes,
                      "seed": args.seed, "progress": False},
     }
@@ -200,10 +174,13 @@ def main() -> None:
           f"{val['forces']['mae']:.1f} kJ/mol/nm, energy MAE {val['energy']['mae']:.2f} kJ/mol, "
           f"charge MAE {val['charges']['mae']:.3f} e")
 
-    system = create_mixed_system(model, topology, mm_system, ml_atoms, embedding=args.embedding)
+    method = {"embedding_method": args.embedding_method} if args.embedding == "electrostatic" else {}
+    if args.embedding_method == "cutoff" and args.embedding == "electrostatic":
+        method["embedding_cutoff"] = 0.9  # at most half the 1.92 nm box
+    system = create_mixed_system(model, topology, mm_system, ml_atoms, embedding=args.embedding, **method)
     print(f"ML/MM system: {len(ml_atoms)} ML atoms (peptide), {topology.getNumAtoms() - len(ml_atoms)} MM atoms "
           f"(TIP3P), box {topology.getUnitCellDimensions()[0].value_in_unit(unit.nanometer):.3f} nm, PME, "
-          f"{args.embedding} embedding")
+          f"{args.embedding} embedding" + (f" ({args.embedding_method})" if args.embedding == "electrostatic" else ""))
 
     # --- 3. ML/MM MD
     simulation = simulation_for(system, args.seed + 1)

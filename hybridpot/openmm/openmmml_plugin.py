@@ -15,8 +15,10 @@ embedding ``"hybridpot-electrostatic"``, which delegates to :func:`hybridpot.ope
 
 Options of ``createSystem``/``createMixedSystem`` understood here: ``charge`` (total charge of the ML
 atoms, e; openmm-ml's name for it), ``molecule_charges`` (one charge per residue of the ML atoms, or
-{residue name: charge}) and ``backend`` ("auto", "torchforce", "pythonforce"). Other options raise
-an error instead of being ignored.
+{residue name: charge}) and ``backend`` ("auto", "torchforce", "pythonforce"), and for the
+``"hybridpot-electrostatic"`` embedding ``embedding_method`` / ``embedding_cutoff``. Other options raise
+an error instead of being ignored. A molecular (non-periodic) model describes the ML atoms of a
+topology with a box as an isolated cluster.
 """
 
 from __future__ import annotations
@@ -146,8 +148,11 @@ class HybridpotPotentialImpl:
         charge: Optional[float] = None,
         molecule_charges: Any = None,
         backend: str = "auto",
+        embedding_method: Optional[str] = None,
+        embedding_cutoff: Optional[float] = None,
     ) -> openmm.System:
-        """hybridpot's electrostatic embedding (see :mod:`hybridpot.openmm.mixed`)."""
+        """hybridpot's electrostatic embedding (see :mod:`hybridpot.openmm.mixed`; ``embedding_method``
+        "pme", "cutoff" or "direct", ``embedding_cutoff`` nm as there)."""
         from hybridpot.openmm.mixed import create_mixed_system
 
         if interpolate:
@@ -155,6 +160,7 @@ class HybridpotPotentialImpl:
         mixed = create_mixed_system(
             self.model, topology, system, atoms, embedding="electrostatic", backend=backend,
             total_charge=charge, molecule_charges=molecule_charges, verbose=False,
+            embedding_method=embedding_method, embedding_cutoff=embedding_cutoff,
         )
         ml_force = mixed.getForce(mixed.getNumForces() - 1)
         ml_force.setForceGroup(forceGroup)
