@@ -163,6 +163,7 @@ def create_mixed_system(
     molecule_charges=None,
     verbose: bool = True,
     compile: bool = False,
+    openmm_charges: Optional[int] = None,
 ) -> openmm.System:
     """A copy of ``mm_system`` in which hybridpot describes the atoms ``ml_atoms``.
 
@@ -182,6 +183,12 @@ def create_mixed_system(
     total_charge / molecule_charges: charge of the ML region, or one charge per residue of the ML region
     compile: evaluate the ML force through ``torch.compile`` in a PythonForce (see
         :func:`hybridpot.openmm.bindings.force_from_module`)
+    openmm_charges: with electrostatic embedding, put the model's charges on the ML atoms of the MM
+        NonbondedForce instead (OpenMM then sums the ML-MM Coulomb energy, on the GPU too) and predict
+        them again every ``openmm_charges`` steps (0: once, then fixed). Approximate: the force term
+        -sum_i phi_i dq_i/dR is missing (see :mod:`hybridpot.openmm.nn_charges`). The returned System
+        carries the :class:`~hybridpot.openmm.nn_charges.NNChargeUpdater` as ``system.nn_charge_updater``:
+        append it to ``simulation.reporters``.
     """
     if embedding not in EMBEDDINGS:
         raise ValueError(f"unknown embedding {embedding!r}; known: {', '.join(EMBEDDINGS)}")
@@ -199,6 +206,10 @@ def create_mixed_system(
         raise ValueError("the model is periodic but the MM system is not: use a molecular model, or a periodic System")
     if embedding_method is not None and embedding != "electrostatic":
         raise ValueError(f"embedding_method applies to embedding='electrostatic', not {embedding!r}")
+    if openmm_charges is not None:
+        if embedding != "electrostatic" or embedding_method is not None:
+            raise ValueError("openmm_charges is the OpenMM-summed variant of embedding='electrostatic' (no "
+                             f"embedding_method); got embedding={embedding!r}, embedding_method={embedding_method!r}")
     numbers = _ml_atomic_numbers(model, topology, atoms)
     if embedding == "electrostatic" and model.charge_head is None:
         raise ValueError("electrostatic embedding needs a model with a charge head (charges.enabled)")
@@ -226,14 +237,15 @@ def create_mixed_system(
             for i in range(n_all):
                 q, sigma, eps = nb.getParticleParameters(i)
                 if i in ml:
-                    nb.setParticleParameters(i, 0.0, sigma, eps)
+                    nb.setParticleParameters(i, 0.0, sigma, eps)  # openmm_charges: the updater writes them
                 else:
                     mm_charges[i] = q.value_in_unit(openmm.unit.elementary_charge)
             for k in range(nb.getNumExceptions()):
                 i, j, qq, sigma, eps = nb.getExceptionParameters(k)
                 if (i in ml) != (j in ml):  # covalent ML-MM boundary: its MM charge product goes too
                     nb.setExceptionParameters(k, i, j, 0.0, sigma, eps)
-            coulomb = _embedding_coulomb(nb, embedding_method, embedding_cutoff)
+            if openmm_charges is None:
+                coulomb = _embedding_coulomb(nb, embedding_method, embedding_cutoff)
     elif embedding == "electrostatic":
         raise ValueError("electrostatic embedding needs the MM system's NonbondedForce (it holds the MM charges)")
     fragments = frag_q = None
@@ -251,6 +263,12 @@ def create_mixed_system(
         cluster=system_periodic and not model.periodic,
     )
     system.addForce(force_from_module(module, model.periodic or module.cluster, backend=backend, verbose=verbose, compile=compile)[0])
+    if openmm_charges is not None:
+        from hybridpot.openmm.nn_charges import NNChargeUpdater
+
+        system.nn_charge_updater = NNChargeUpdater(
+            model, topology, nb, atoms=atoms, total_charge=float(total_charge or 0.0), fragments=fragments,
+            fragment_charges=frag_q, interval=openmm_charges)
     return system
 
 

@@ -162,6 +162,7 @@ def create_system(
     verbose: bool = True,
     neighbor_skin: float = 0.1,
     compile: bool = False,
+    openmm_charges: Optional[int] = None,
 ) -> openmm.System:
     """An ``openmm.System`` with the topology's masses, its periodic box, and one force for the model.
 
@@ -178,6 +179,12 @@ def create_system(
         neighbors at every step (same energies, slower)
     compile: evaluate the model through ``torch.compile`` in a PythonForce (needs backend "pythonforce"
         or "auto"; see :func:`hybridpot.openmm.bindings.force_from_module`)
+    openmm_charges: sum the model's Coulomb energy in an OpenMM NonbondedForce (PME with the model's
+        accuracy and real-space cutoff, or no cutoff for molecules; on the GPU too) that carries the
+        model's charges, predicted again every ``openmm_charges`` steps (0: once, then fixed), instead of
+        in the torch graph. Needs point charges (``electrostatics.charge_width: null``). Approximate: the
+        force term -sum_i phi_i dq_i/dR is missing (see :mod:`hybridpot.openmm.nn_charges`). The System
+        carries the updater as ``system.nn_charge_updater``: append it to ``simulation.reporters``.
     """
     numbers = check_model_topology(model, topology)
     system = openmm.System()
@@ -192,12 +199,55 @@ def create_system(
         fragments = {"fragments": frag, "fragment_charges": frag_q}
         if total_charge is None:
             total_charge = float(frag_q.sum())
+    coulomb = None
+    charge_model = model
+    if openmm_charges is not None:
+        model, coulomb = _split_coulomb(model, topology)
     force, _ = make_force(
         model, numbers, float(total_charge or 0.0), backend=backend, verbose=verbose,
         neighbor_skin=neighbor_skin, compile=compile, **fragments
     )
     system.addForce(force)
+    if coulomb is not None:
+        from hybridpot.openmm.nn_charges import NNChargeUpdater
+
+        system.addForce(coulomb)
+        system.nn_charge_updater = NNChargeUpdater(
+            charge_model, topology, coulomb, total_charge=float(total_charge or 0.0),
+            fragments=fragments.get("fragments"), fragment_charges=fragments.get("fragment_charges"),
+            interval=openmm_charges)
     return system
+
+
+def _split_coulomb(model: HybridModel, topology: openmm.app.Topology):
+    """(a copy of ``model`` without its Coulomb term, a NonbondedForce that sums that term in OpenMM)."""
+    import copy
+
+    electrostatics = getattr(model, "electrostatics", None)
+    if electrostatics is None:
+        raise ValueError("openmm_charges needs a model with a charge head and its own electrostatics "
+                         "(config charges.enabled and electrostatics.enabled)")
+    if electrostatics.charge_width is not None:
+        raise ValueError("openmm_charges needs point charges (electrostatics.charge_width: null); this model "
+                         f"uses Gaussian charges of width {electrostatics.charge_width} nm, which OpenMM's "
+                         "NonbondedForce cannot represent")
+    force = openmm.NonbondedForce()
+    force.setUseDispersionCorrection(False)
+    box = topology.getPeriodicBoxVectors()
+    if model.periodic:
+        import torch
+
+        cell = torch.tensor(box.value_in_unit(openmm.unit.nanometer), dtype=torch.float64)
+        force.setNonbondedMethod(openmm.NonbondedForce.PME)
+        force.setCutoffDistance(electrostatics.pair_cutoff(cell))
+        force.setEwaldErrorTolerance(electrostatics.accuracy)
+    else:
+        force.setNonbondedMethod(openmm.NonbondedForce.NoCutoff)
+    for _ in topology.atoms():
+        force.addParticle(0.0, 1.0, 0.0)
+    stripped = copy.deepcopy(model)
+    del stripped.terms["elec"]
+    return stripped, force
 
 
 STRUCTURE_FORMATS = (".pdb", ".xyz", ".extxyz")
