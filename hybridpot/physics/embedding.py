@@ -131,6 +131,19 @@ class MLMMCoulomb(torch.nn.Module):
         cell: Optional[Tensor] = None
         if box is not None:
             cell = box.detach().to(torch.float64)
+        # first the MM atoms within reach of the ML region's bounding sphere (one vector per MM atom),
+        # then ML x those: memory and time O(MM atoms + ML atoms x neighbors), not O(ML x MM atoms)
+        ml_points = points.index_select(0, ml_atoms)
+        centre = ml_points[0]
+        if cell is not None:
+            ml_points = centre + minimum_image(ml_points - centre, cell)
+        centre = ml_points.mean(dim=0)
+        radius = float(torch.linalg.norm(ml_points - centre, dim=1).max()) + reach
+        offsets = points.index_select(0, charged) - centre
+        if cell is not None:
+            offsets = minimum_image(offsets, cell)
+        near = torch.nonzero(offsets.square().sum(dim=1) < radius * radius).squeeze(1)
+        charged = charged.index_select(0, near)
         others = points.index_select(0, charged)
         for start in range(0, ml_atoms.shape[0], 64):  # blocks bound the (block, N, 3) temporary
             block = ml_atoms[start:start + 64]
