@@ -43,7 +43,7 @@ import openmm.unit as u
 import torch
 
 from hybridpot.model.export import atom_indices
-from hybridpot.openmm.system import MoleculeCharges, fragment_assignment, topology_atomic_numbers
+from hybridpot.openmm.topology import MoleculeCharges, fragment_assignment, topology_atomic_numbers
 
 _DICT_REPORTS = tuple(int(v) for v in openmm.__version__.split(".")[:2]) >= (8, 1)
 #: Relative size below which the charge product q_i0 q_j0 of an exception counts as zero.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 import warnings
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import openmm
@@ -14,8 +14,7 @@ import openmm.app
 from hybridpot.io import check_input_file
 from hybridpot.model import HybridModel
 from hybridpot.openmm.bindings import make_force
-
-MoleculeCharges = Union[Sequence[float], Mapping[str, float]]
+from hybridpot.openmm.topology import MoleculeCharges, fragment_assignment, topology_atomic_numbers  # noqa: F401
 
 
 def _first_model_atom_records(path: str) -> Tuple[int, Dict[Tuple[str, str, str, str], List[str]]]:
@@ -93,16 +92,6 @@ def read_pdb(path: Union[str, os.PathLike]) -> openmm.app.PDBFile:
     return pdb
 
 
-def topology_atomic_numbers(topology: openmm.app.Topology) -> np.ndarray:
-    """Atomic numbers of a topology's atoms; atoms without an element raise ValueError."""
-    numbers = []
-    for atom in topology.atoms():
-        if atom.element is None:
-            raise ValueError(f"atom {atom.index} ({atom.name} in residue {atom.residue.name}) has no element")
-        numbers.append(atom.element.atomic_number)
-    return np.asarray(numbers, dtype=np.int64)
-
-
 def check_model_topology(model: HybridModel, topology: openmm.app.Topology, atoms: Optional[Sequence[int]] = None,
                          cluster: bool = False) -> np.ndarray:
     """Atomic numbers of ``atoms`` (default: all); errors name elements the model lacks and periodicity
@@ -128,28 +117,6 @@ def check_model_topology(model: HybridModel, topology: openmm.app.Topology, atom
             "(config periodic: true) or remove the box from the topology"
         )
     return numbers
-
-
-def fragment_assignment(topology: openmm.app.Topology, molecule_charges: MoleculeCharges):
-    """Per-atom fragment index (one fragment per residue) and the fragment charges.
-
-    ``molecule_charges`` is a sequence with one charge per residue, or a mapping from residue name to
-    charge (residues not named count as neutral).
-    """
-    residues = list(topology.residues())
-    if isinstance(molecule_charges, Mapping):
-        charges = [float(molecule_charges.get(r.name, 0.0)) for r in residues]
-    else:
-        charges = [float(q) for q in molecule_charges]
-        if len(charges) != len(residues):
-            raise ValueError(
-                f"molecule_charges has {len(charges)} entries but the topology has {len(residues)} residues"
-            )
-    fragments = np.empty(topology.getNumAtoms(), dtype=np.int64)
-    for k, residue in enumerate(residues):
-        for atom in residue.atoms():
-            fragments[atom.index] = k
-    return fragments, np.asarray(charges)
 
 
 def create_system(
