@@ -180,6 +180,39 @@ ETHANOL_Z = np.array([6, 6, 8, 1, 1, 1, 1, 1, 1])
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
+def openmm_coulomb(
+    positions: np.ndarray, charges: Sequence[float], box: Optional[np.ndarray] = None, *, cutoff: float = 0.9,
+    tolerance: float = 1e-5,
+) -> Tuple[float, np.ndarray]:
+    """Coulomb energy (kJ/mol) and forces ((N, 3) kJ/mol/nm) of point charges by OpenMM's own
+    NonbondedForce on the Reference platform: a reference from outside hybridpot for electrostatics
+    terms. PME with ``cutoff`` (nm) and error ``tolerance`` when ``box`` (3, 3) nm is given, all pairs
+    otherwise; no Lennard-Jones, exceptions or dispersion correction. (OpenMM's Coulomb constant differs
+    from hybridpot's CODATA 2018 value in the 9th digit.)"""
+    import openmm
+    import openmm.unit as unit
+
+    system = openmm.System()
+    force = openmm.NonbondedForce()
+    if box is None:
+        force.setNonbondedMethod(openmm.NonbondedForce.NoCutoff)
+    else:
+        force.setNonbondedMethod(openmm.NonbondedForce.PME)
+        force.setCutoffDistance(cutoff)
+        force.setEwaldErrorTolerance(tolerance)
+        system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in np.asarray(box, dtype=np.float64)])
+    force.setUseDispersionCorrection(False)
+    for q in charges:
+        system.addParticle(1.0)
+        force.addParticle(float(q), 1.0, 0.0)
+    system.addForce(force)
+    context = openmm.Context(system, openmm.VerletIntegrator(1e-3), openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(np.asarray(positions, dtype=np.float64) * unit.nanometer)
+    state = context.getState(getEnergy=True, getForces=True)
+    return (state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole),
+            np.asarray(state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)))
+
+
 def _cell(box: Optional[np.ndarray]) -> Optional[torch.Tensor]:
     return None if box is None else torch.tensor(np.asarray(box, dtype=np.float64), dtype=torch.float64)
 

@@ -9,7 +9,7 @@ from openmm import app, unit
 import hybridpot
 from hybridpot.openmm import create_mixed_system
 from hybridpot.openmm.mixed import MLRegionModule, _embedding_coulomb
-from hybridpot.testing import check_finite_difference_forces
+from hybridpot.testing import check_finite_difference_forces, openmm_coulomb
 
 KJ = unit.kilojoule_per_mole
 CUTOFF = 0.6
@@ -48,20 +48,7 @@ def charge_model(electrostatics=False):
 
 def openmm_pme_energy(charges, pos, box, tol):
     """Plain PME Coulomb energy by OpenMM's NonbondedForce: no exceptions, no LJ."""
-    system = openmm.System()
-    nb = openmm.NonbondedForce()
-    nb.setNonbondedMethod(openmm.NonbondedForce.PME)
-    nb.setCutoffDistance(CUTOFF)
-    nb.setEwaldErrorTolerance(tol)
-    nb.setUseDispersionCorrection(False)
-    for q in charges:
-        system.addParticle(1.0)
-        nb.addParticle(float(q), 1.0, 0.0)
-    system.addForce(nb)
-    system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*r) for r in box])
-    ctx = openmm.Context(system, openmm.VerletIntegrator(1e-3), openmm.Platform.getPlatformByName("Reference"))
-    ctx.setPositions(pos)
-    return ctx.getState(getEnergy=True).getPotentialEnergy().value_in_unit(KJ)
+    return openmm_coulomb(pos, charges, box, cutoff=CUTOFF, tolerance=tol)[0]
 
 
 def test_electrostatic_embedding_equals_openmm_cross_term(water):

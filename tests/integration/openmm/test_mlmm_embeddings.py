@@ -17,6 +17,7 @@ import torch
 from openmm import app, unit
 
 import hybridpot
+from hybridpot import testing
 from hybridpot.openmm import create_mixed_system
 
 KJ = unit.kilojoule_per_mole
@@ -158,18 +159,7 @@ def test_mechanical_embedding_satisfies_the_openmm_ml_identity(peptide, case):
 
 # ------------------------------------------------------------------------------------------- item 2
 def openmm_coulomb(charges, positions, box, cutoff, tolerance):
-    system = openmm.System()
-    force = openmm.NonbondedForce()
-    force.setNonbondedMethod(openmm.NonbondedForce.PME)
-    force.setCutoffDistance(cutoff)
-    force.setEwaldErrorTolerance(tolerance)
-    force.setUseDispersionCorrection(False)
-    for q in charges:
-        system.addParticle(1.0)
-        force.addParticle(float(q), 1.0, 0.0)
-    system.addForce(force)
-    system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box])
-    return energy(system, positions * unit.nanometer)
+    return testing.openmm_coulomb(positions, charges, box, cutoff=cutoff, tolerance=tolerance)[0]
 
 
 @pytest.mark.parametrize("kind", ["molecular", "periodic"])

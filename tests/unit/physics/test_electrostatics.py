@@ -18,6 +18,7 @@ from torch import Tensor
 from hybridpot.physics.electrostatics import Electrostatics, coulomb_energy
 from hybridpot.physics.ewald_params import fft_size, gaussian_pair_cutoff, real_space_cutoff
 from hybridpot.physics.neighbors import frame_neighbors, pair_vectors
+from hybridpot import testing
 from hybridpot.testing import check_finite_difference_forces, check_invariances, jittered_box, random_molecule
 from hybridpot.units import COULOMB
 
@@ -111,28 +112,8 @@ def water_box():
 
 
 def openmm_coulomb(positions: np.ndarray, charges: np.ndarray, box: np.ndarray, tolerance: float = 1e-7):
-    """Energy (kJ/mol) and forces (kJ/mol/nm) of a fresh PME NonbondedForce: charges only (LJ off),
-    no exceptions, no dispersion correction, Reference platform."""
-    import openmm as mm
-    import openmm.unit as unit
-
-    system = mm.System()
-    system.setDefaultPeriodicBoxVectors(*[mm.Vec3(*row) for row in box])
-    force = mm.NonbondedForce()
-    force.setNonbondedMethod(mm.NonbondedForce.PME)
-    force.setCutoffDistance(0.9)
-    force.setEwaldErrorTolerance(tolerance)
-    force.setUseDispersionCorrection(False)
-    for q in charges:
-        system.addParticle(1.0)
-        force.addParticle(float(q), 1.0, 0.0)
-    system.addForce(force)
-    context = mm.Context(system, mm.VerletIntegrator(0.001), mm.Platform.getPlatformByName("Reference"))
-    context.setPositions(positions)
-    state = context.getState(getEnergy=True, getForces=True)
-    energy = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
-    forces = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
-    return energy, np.asarray(forces)
+    """OpenMM's PME energy and forces of the charges (0.9 nm, Reference platform)."""
+    return testing.openmm_coulomb(positions, charges, box, cutoff=0.9, tolerance=tolerance)
 
 
 @pytest.fixture(scope="module")

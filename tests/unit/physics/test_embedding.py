@@ -12,6 +12,7 @@ import openmm.unit as unit
 import pytest
 import torch
 
+from hybridpot import testing
 from hybridpot.physics.electrostatics import Electrostatics
 from hybridpot.physics.embedding import DSF_ALPHA, MLMMCoulomb
 from hybridpot.units import COULOMB
@@ -37,25 +38,8 @@ def water_box(n_side: int = 4, spacing: float = 0.31, seed: int = 0):
 
 def openmm_coulomb(positions, charges, box, method, cutoff, tolerance=1e-5):
     """Energy (kJ/mol) and forces of point charges in OpenMM's NonbondedForce (Reference, no LJ)."""
-    system = openmm.System()
-    force = openmm.NonbondedForce()
-    force.setNonbondedMethod(method)
-    if method != openmm.NonbondedForce.NoCutoff:
-        force.setCutoffDistance(cutoff)
-        force.setEwaldErrorTolerance(tolerance)
-        system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box])
-    force.setUseDispersionCorrection(False)
-    for q in charges:
-        system.addParticle(1.0)
-        force.addParticle(float(q), 0.1, 0.0)
-    system.addForce(force)
-    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
-    context.setPositions(positions * unit.nanometer)
-    if method != openmm.NonbondedForce.NoCutoff:
-        context.setPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box])
-    state = context.getState(getEnergy=True, getForces=True)
-    return (state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole),
-            state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer))
+    no_box = method == openmm.NonbondedForce.NoCutoff
+    return testing.openmm_coulomb(positions, charges, None if no_box else box, cutoff=cutoff, tolerance=tolerance)
 
 
 def openmm_cross(positions, ml_charges_all, mm_charges, box, method, cutoff, tolerance=1e-5):
