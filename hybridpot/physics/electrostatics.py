@@ -223,18 +223,11 @@ class PMEReciprocal(torch.nn.Module):
                        mesh: List[int]) -> Tensor:
         """The reciprocal-space potential on the flattened mesh (without k_e / V) of the charges
         assigned by ``flat``, ``w3`` (see :meth:`assignment`)."""
-        n_points = mesh[0] * mesh[1] * mesh[2]
-        rho = torch.zeros(n_points, dtype=charges.dtype, device=charges.device).index_add(
-            0, flat, (w3 * charges).reshape(-1))
-        return self.convolve(rho, box, alpha, mesh)
-
-    def convolve(self, rho: Tensor, box: Tensor, alpha: float, mesh: List[int]) -> Tensor:
-        """The reciprocal-space potential on the flattened mesh (without k_e / V) of the charge mesh
-        ``rho`` (flattened)."""
-        device = rho.device
-        dtype = rho.dtype
+        device = charges.device
+        dtype = charges.dtype
         ns = torch.tensor(mesh, dtype=torch.long, device=device)
         n_points = mesh[0] * mesh[1] * mesh[2]
+        rho = torch.zeros(n_points, dtype=dtype, device=device).index_add(0, flat, (w3 * charges).reshape(-1))
         rho = rho.view(1, mesh[0], mesh[1], mesh[2])
         k2 = (generate_kvectors_for_mesh(box, ns) ** 2).sum(dim=-1)  # (n0, n1, n2 // 2 + 1)
         m0 = torch.fft.fftfreq(mesh[0], device=device, dtype=dtype) * mesh[0]

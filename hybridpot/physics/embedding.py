@@ -83,7 +83,6 @@ class MLMMCoulomb(torch.nn.Module):
         self.coulomb = COULOMB
         self.dsf_alpha = DSF_ALPHA
         self.pme = PMEReciprocal(PME_ORDER)
-        self.block = 4096  # MM atoms per block of the reciprocal-space work: bounds its memory
         self.builds = 0
         self.ref_positions = torch.zeros(0, 3, dtype=torch.float64)
         self.ref_box = torch.zeros(3, 3, dtype=torch.float64)
@@ -156,55 +155,6 @@ class MLMMCoulomb(torch.nn.Module):
             found_mm.append(charged.index_select(0, close[:, 1]))
         return torch.cat(found_ml), torch.cat(found_mm)
 
-    def reciprocal(self, ml_positions: Tensor, ml_charges: Tensor, positions: Tensor, mm_charges: Tensor, box: Tensor,
-                   alpha: float, mesh: List[int]) -> Tensor:
-        """Reciprocal-space cross energy (kJ/mol), in memory independent of the number of MM atoms.
-
-        The MM charges are spread onto the mesh in blocks without an autograd graph; the ML side (the
-        potential read at the ML atoms, the ML charges) stays in the graph. The MM atoms' forces are
-        the gradient of the ML charges' mesh potential at their positions, computed block by block and
-        attached to the energy as sum_j r_j . g_j - (sum_j r_j . g_j).detach(), which adds g_j to the
-        gradient of every MM position and nothing to the energy. First derivatives (MD) are exact; the
-        MM side has no second derivatives and no box derivative (not needed by OpenMM's MD or its Monte
-        Carlo barostat, which uses energies).
-        """
-        pme = self.pme
-        n_atoms = positions.shape[0]
-        n_points = mesh[0] * mesh[1] * mesh[2]
-        block = self.block
-        cell = box.detach()
-        # detached inputs build no graph (TorchScript handles loops in no_grad blocks poorly)
-        mm_q = mm_charges.detach()
-        rho = torch.zeros(n_points, dtype=mm_charges.dtype, device=positions.device)
-        for start in range(0, n_atoms, block):
-            stop = min(start + block, n_atoms)
-            flat, w3 = pme.assignment(positions[start:stop].detach(), cell, mesh)
-            rho.index_add_(0, flat, (w3 * mm_q[start:stop]).reshape(-1))
-        phi_mm = pme.convolve(rho, box, alpha, mesh)
-        flat_a, w3_a = pme.assignment(ml_positions, box, mesh)
-        potential = (phi_mm.index_select(0, flat_a).view(w3_a.shape[0], ml_positions.shape[0]) * w3_a).sum(0)
-        volume = torch.abs(torch.linalg.det(box))
-        energy = (self.coulomb / volume) * (ml_charges * potential).sum()
-        if not (positions.requires_grad and torch.is_grad_enabled()):
-            return energy
-        flat_ml, w3_ml = pme.assignment(ml_positions.detach(), cell, mesh)
-        phi_ml = pme.convolve(torch.zeros(n_points, dtype=mm_charges.dtype, device=positions.device).index_add(
-            0, flat_ml, (w3_ml * ml_charges.detach()).reshape(-1)), cell, alpha, mesh)
-        scale = self.coulomb / float(torch.abs(torch.linalg.det(cell)))
-        grads: List[Tensor] = []
-        for start in range(0, n_atoms, block):
-            stop = min(start + block, n_atoms)
-            points = positions[start:stop].detach().requires_grad_(True)
-            flat, w3 = pme.assignment(points, cell, mesh)
-            at_mm = (phi_ml.index_select(0, flat).view(w3.shape[0], stop - start) * w3).sum(0)
-            value = scale * (mm_q[start:stop] * at_mm).sum()
-            grad = torch.autograd.grad([value], [points])[0]
-            assert grad is not None
-            grads.append(grad)
-        g = torch.cat(grads)
-        link = (positions * g).sum()
-        return energy + (link - link.detach())
-
     def forward(self, positions: Tensor, ml_atoms: Tensor, ml_charges: Tensor, mm_charges: Tensor,
                 box: Optional[Tensor]) -> Tensor:
         if self.method != "direct" and box is None:
@@ -232,7 +182,7 @@ class MLMMCoulomb(torch.nn.Module):
         real = self.coulomb * (qq * torch.erfc(alpha * r) / r).sum()
         mesh = pme_mesh_size(box, alpha, self.accuracy)
         mm_q = mm_charges.to(ml_charges.dtype)
-        reciprocal = self.reciprocal(ml_positions, ml_charges, positions, mm_q, box, alpha, mesh)
+        reciprocal = self.pme.cross_energy(ml_positions, ml_charges, positions, mm_q, box, alpha, mesh)
         volume = torch.abs(torch.linalg.det(box))
         background = self.coulomb * math.pi / (alpha * alpha) * ml_charges.sum() * mm_q.sum() / volume
         return real + reciprocal - background

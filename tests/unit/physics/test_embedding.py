@@ -98,12 +98,6 @@ def test_pme_cross_term_equals_the_two_pme_sums_it_replaces():
     energy, forces = cross_with_forces(MLMMCoulomb("pme", 0.55, 1e-5), positions, ml, ml_q, mm, box)
     assert energy == pytest.approx(float(old.detach()), rel=1e-6)
     np.testing.assert_allclose(forces, -old_grad.numpy(), rtol=0, atol=1e-6 * np.abs(old_grad.numpy()).max())
-    # the MM side in blocks (memory independent of the box) gives the same numbers
-    blocked = MLMMCoulomb("pme", 0.55, 1e-5)
-    blocked.block = 37
-    e_blocked, f_blocked = cross_with_forces(blocked, positions, ml, ml_q, mm, box)
-    assert e_blocked == pytest.approx(energy, rel=1e-12)
-    np.testing.assert_allclose(f_blocked, forces, rtol=0, atol=1e-10 * np.abs(forces).max())
 
 
 def test_direct_cross_term_equals_openmm_without_cutoff():
