@@ -499,9 +499,17 @@ def test_keep_freed_memory_stops_page_faults():
         # The first calls after the switch can still map memory while the heap settles.
         print(applied, before, min(faults() for _ in range(5)))
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
-    applied, before, after = out.split()
-    if applied != "True":
-        pytest.skip("not glibc: keep_freed_memory() is a no-op here")
-    assert int(before) > 10000  # 100 MB in 4 kB pages, mapped afresh
-    assert int(after) < 1000
+    # glibc grows the heap with brk; when the address-space layout of a process leaves no room above the
+    # heap, it falls back to mmap and nothing can be kept. That depends on the process's (randomised)
+    # layout, not on this code: up to three fresh processes, and at least one must keep the memory.
+    runs = []
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+        applied, before, after = out.split()
+        if applied != "True":
+            pytest.skip("not glibc: keep_freed_memory() is a no-op here")
+        assert int(before) > 10000  # 100 MB in 4 kB pages, mapped afresh
+        runs.append(int(after))
+        if int(after) < 1000:
+            break
+    assert min(runs) < 1000, runs
