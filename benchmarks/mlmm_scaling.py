@@ -1,4 +1,5 @@
-"""ML/MM cost at the size of real biomolecular systems: alanine dipeptide (ML) in TIP3P water (MM).
+"""ML/MM cost at the size of real biomolecular systems: alanine dipeptide (ML) in TIP3P water (MM), or
+with ``--solute ala5`` a 62-atom capped penta-alanine as a ligand-sized ML region.
 
 The capped alanine dipeptide of ``systems/alanine_dipeptide_water/system.pdb`` (ACE-ALA-NME, 22
 atoms, the ML region) is re-solvated with ``openmm.app.Modeller.addSolvent`` in cubic boxes of about
@@ -89,6 +90,10 @@ import common  # noqa: E402
 
 PEPTIDE_PDB = os.path.join(ROOT, "systems", "alanine_dipeptide_water", "system.pdb")
 PEPTIDE_RESIDUES = ("ACE", "ALA", "NME")
+#: ML regions (``--solute``): the capped alanine dipeptide (22 atoms) or a capped penta-alanine
+#: (ACE-(ALA)5-NME, 62 atoms), the second, ligand-sized region (a drug-like ligand needs a GAFF/OpenFF
+#: parametrisation that nothing installed here provides)
+SOLUTES = {"dipeptide": 1, "ala5": 5}
 COLUMNS = ("ml_vacuum", "mechanical", "electrostatic_pme", "electrostatic_cutoff", "nn_charges")
 TITLES = {
     "classical": "classical",
@@ -133,7 +138,58 @@ def min_edge_nm(cutoff_nm: float) -> float:
     return 2.0 * (cutoff_nm + EMBEDDING_SKIN) + 0.02
 
 
-def build_frame(size: int, cutoff_nm: float, folder: str) -> Dict[str, Any]:
+def capped_alanine(n_ala: int):
+    """(topology, positions Quantity) of ACE-(ALA)n-NME in vacuum: heavy atoms from the internal
+    coordinates of systems/alanine_dipeptide_water/build.py (its ``place``, phi/psi and bond geometry),
+    hydrogens from ``Modeller.addHydrogens`` with amber14."""
+    import importlib.util
+    import random
+
+    import numpy as np
+    import openmm
+    import openmm.app as app
+    import openmm.unit as unit
+
+    spec = importlib.util.spec_from_file_location(
+        "hybridpot_ala_build", os.path.join(ROOT, "systems", "alanine_dipeptide_water", "build.py"))
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    place, phi, psi = build.place, build.PHI, build.PSI
+    ch3, c_ace = np.array([0.0, 0.0, 0.0]), np.array([0.152, 0.0, 0.0])
+    n = c_ace + 0.1329 * np.array([-np.cos(np.deg2rad(116.2)), np.sin(np.deg2rad(116.2)), 0.0])
+    residues = [("ACE", {"CH3": ch3, "C": c_ace})]
+    prev_a, prev_b = ch3, c_ace  # the two atoms before N along the chain
+    for _ in range(n_ala):
+        ca = place(prev_a, prev_b, n, 0.1458, 121.7, 180.0)  # omega
+        c = place(prev_b, n, ca, 0.1525, 111.2, phi)
+        cb = place(n, c, ca, 0.1530, 110.1, 122.5)
+        if np.dot(n - ca, np.cross(c - ca, cb - ca)) <= 0:  # L-alanine
+            cb = place(n, c, ca, 0.1530, 110.1, -122.5)
+        residues.append(("ALA", {"N": n, "CA": ca, "C": c, "CB": cb}))
+        next_n = place(n, ca, c, 0.1329, 116.2, psi)
+        prev_a, prev_b, n = ca, c, next_n
+    residues.append(("NME", {"N": n, "C": place(prev_a, prev_b, n, 0.1449, 121.7, 180.0)}))
+    for k in range(len(residues) - 1):  # carbonyl O cis to the next residue's alpha carbon
+        nxt = residues[k + 1][1]
+        partner = nxt["CA"] if "CA" in nxt else nxt["C"]
+        residues[k][1]["O"] = place(partner, nxt["N"], residues[k][1]["C"], 0.1231, 123.0, 0.0)
+    topology = app.Topology()
+    chain = topology.addChain("A")
+    elements = {"C": app.element.carbon, "N": app.element.nitrogen, "O": app.element.oxygen}
+    coords = []
+    for name, atoms in residues:
+        residue = topology.addResidue(name, chain)
+        for atom, xyz in atoms.items():
+            topology.addAtom(atom, elements[atom[0]], residue)
+            coords.append(xyz)
+    topology.createStandardBonds()
+    modeller = app.Modeller(topology, np.array(coords) * unit.nanometer)
+    random.seed(build.SEED)
+    modeller.addHydrogens(forcefield(), platform=openmm.Platform.getPlatformByName("Reference"))
+    return modeller.topology, modeller.positions
+
+
+def build_frame(size: int, cutoff_nm: float, folder: str, solute: str = "dipeptide") -> Dict[str, Any]:
     """Solvate the peptide to about ``size`` atoms, minimise once (classical, CPU, 1 thread), save.
 
     Returns {"pdb": path, "positions": path of the minimised positions (.npy, nm), "atoms", "edge_nm",
@@ -146,17 +202,22 @@ def build_frame(size: int, cutoff_nm: float, folder: str) -> Dict[str, Any]:
     from openmm import Vec3
 
     start = time.perf_counter()
-    pdb = app.PDBFile(PEPTIDE_PDB)
+    if solute == "dipeptide":
+        pdb = app.PDBFile(PEPTIDE_PDB)
+        solute_topology, solute_positions = pdb.topology, pdb.positions
+    else:
+        solute_topology, solute_positions = capped_alanine(SOLUTES[solute])
+    n_solute = sum(1 for a in solute_topology.atoms() if a.residue.name in PEPTIDE_RESIDUES)
     ff = forcefield()
 
     def solvate(edge: float):
-        modeller = app.Modeller(pdb.topology, pdb.positions)
+        modeller = app.Modeller(solute_topology, solute_positions)
         modeller.delete([r for r in modeller.topology.residues() if r.name not in PEPTIDE_RESIDUES])
         modeller.addSolvent(ff, model="tip3p", boxSize=Vec3(edge, edge, edge) * unit.nanometer, neutralize=False)
         return modeller
 
     smallest = min_edge_nm(cutoff_nm)
-    edge = max(((size - 22) / 3.0 / WATER_PER_NM3) ** (1.0 / 3.0), smallest)
+    edge = max(((size - n_solute) / 3.0 / WATER_PER_NM3) ** (1.0 / 3.0), smallest)
     modeller = solvate(edge)
     count = modeller.topology.getNumAtoms()
     if abs(count - size) > 0.02 * size and edge > smallest:
@@ -171,7 +232,7 @@ def build_frame(size: int, cutoff_nm: float, folder: str) -> Dict[str, Any]:
     openmm.LocalEnergyMinimizer.minimize(context, 10.0, 200)
     state = context.getState(getPositions=True, getEnergy=True)
     positions = np.array(state.getPositions().value_in_unit(unit.nanometer), dtype=np.float64)
-    tag = f"{size}"
+    tag = f"{solute}_{size}"
     pdb_path = os.path.join(folder, f"frame_{tag}.pdb")
     with open(pdb_path, "w") as handle:
         app.PDBFile.writeFile(topology, state.getPositions(), handle, keepIds=True)
@@ -562,14 +623,18 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="threads for torch and OpenMM's CPU platform (default 1)")
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds before a case is abandoned")
     parser.add_argument("--force", action="store_true", help="rerun cases already in --out")
+    parser.add_argument("--solute", choices=tuple(SOLUTES), default="dipeptide",
+                        help="the ML region: the capped alanine dipeptide (22 atoms, default) or ACE-(ALA)5-NME "
+                        "(62 atoms, ligand-sized)")
     parser.add_argument("--out", default=None,
-                        help="JSON results (default results/mlmm_scaling.json; --quick: "
-                        "results/mlmm_scaling_quick.json)")
+                        help="JSON results (default results/mlmm_scaling.json, results/mlmm_scaling_ala5.json for "
+                        "--solute ala5; --quick: results/mlmm_scaling_quick.json)")
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.steps, args.repeats, args.warmup = [min(args.sizes)], 5, 2, 10
     if args.out is None:
-        name = "mlmm_scaling_quick.json" if args.quick else "mlmm_scaling.json"
+        name = "mlmm_scaling_quick.json" if args.quick else (
+            "mlmm_scaling.json" if args.solute == "dipeptide" else f"mlmm_scaling_{args.solute}.json")
         args.out = os.path.join(HERE, "results", name)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = str(args.threads)
@@ -625,7 +690,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             if all(done(p, c) for p, c in todo) and cross_done:
                 print(f"size {size}: all cases already in {args.out} (--force reruns)", file=sys.stderr)
                 continue
-            frame = build_frame(size, args.cutoff, scratch)
+            frame = build_frame(size, args.cutoff, scratch, args.solute)
             data["frames"][str(size)] = {k: v for k, v in frame.items() if k not in ("pdb", "positions", "ml_atoms")}
             print(f"size {size}: {frame['atoms']} atoms, edge {frame['edge_nm']:.3f} nm, solvated and minimised "
                   f"in {frame['build_s']:.0f} s", file=sys.stderr)
