@@ -60,15 +60,12 @@ from hybridpot.model.export import OpenMMModule  # noqa: E402
 from hybridpot.openmm.bindings import force_from_module, make_force  # noqa: E402
 from hybridpot.openmm.nn_charges import add_nn_charges  # noqa: E402
 from hybridpot.physics.electrostatics import Electrostatics  # noqa: E402
+from hybridpot.physics.neighbors import minimum_image  # noqa: E402
 from hybridpot.units import COULOMB  # noqa: E402
 
 CUTOFF = 0.6  # nm
 TOLERANCE = 1e-5
 KJ = unit.kilojoule_per_mole
-
-
-def minimum_image(d: Tensor, box: Tensor) -> Tensor:
-    return d - torch.round(d @ torch.linalg.inv(box)) @ box
 
 
 class ExactRoute(OpenMMModule):

@@ -21,7 +21,7 @@ from hybridpot.config import element_symbol
 from hybridpot.io import PathLike, atomic_write
 from hybridpot.model.files import model_metadata
 from hybridpot.model.hybrid import HybridModel, integer_tensor
-from hybridpot.physics.neighbors import VerletList
+from hybridpot.physics.neighbors import VerletList, nearest_images
 
 METADATA_FILE = "hybridpot.json"
 #: Non-periodic models: the positions are translated by their rounded centroid when it is farther
@@ -160,14 +160,6 @@ class OpenMMModule(torch.nn.Module):
             shift = shift.detach().clone()
         return positions - shift  # x - 0.0 == x: nothing changes near the origin
 
-    def whole(self, positions: Tensor, box: Tensor) -> Tensor:
-        """The atoms ``positions`` (M, 3) as one whole cluster: each at the periodic image nearest to
-        the first atom. Exact while the cluster spans less than half the shortest box height, as an
-        ML region of a molecule, a ligand or an active site in a box of its solvent does."""
-        offsets = positions - positions[0:1]
-        cells = torch.round(torch.matmul(offsets.detach(), torch.linalg.inv(box.detach())))
-        return positions - torch.matmul(cells, box)
-
     def model_outputs(self, positions: Tensor, box: Optional[Tensor]) -> Dict[str, Tensor]:
         """The model's output dict for the selected atoms (positions already in the model's dtype)."""
         cell: Optional[Tensor] = None
@@ -180,7 +172,7 @@ class OpenMMModule(torch.nn.Module):
             frag_q = self.fragment_charges
         pos = positions[self.atoms] if self.subset else positions
         if self.cluster and box is not None:
-            pos = self.whole(pos, box.to(pos.dtype))
+            pos = nearest_images(pos, box.to(pos.dtype))
         pairs: Optional[List[Tensor]] = None
         if self.use_pair_list and cell is not None:
             i, j, shifts, offsets = self.pair_list(pos, cell[0], self.model.max_pair_cutoff(cell[0]))

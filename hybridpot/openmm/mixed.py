@@ -42,7 +42,7 @@ from torch import Tensor
 from hybridpot.model import HybridModel
 from hybridpot.model.export import OpenMMModule, atom_indices
 from hybridpot.openmm.bindings import BACKENDS, force_from_module
-from hybridpot.openmm.system import fragment_assignment, topology_atomic_numbers
+from hybridpot.openmm.topology import subset_fragments, topology_atomic_numbers
 from hybridpot.physics.embedding import EMBEDDING_METHODS, MLMMCoulomb
 
 EMBEDDINGS = ("mechanical", "electrostatic")
@@ -221,7 +221,7 @@ def create_mixed_system(
     mm_charges = None
     coulomb = None
     if nb is not None:
-        long_range = embedding == "mechanical" and _model_long_range(model) and nb.getNonbondedMethod() in (
+        long_range = embedding == "mechanical" and model_long_range(model) and nb.getNonbondedMethod() in (
             openmm.NonbondedForce.PME, openmm.NonbondedForce.Ewald)
         charges = [nb.getParticleParameters(i)[0] for i in atoms]
         for a, i in enumerate(atoms):
@@ -250,12 +250,7 @@ def create_mixed_system(
         raise ValueError("electrostatic embedding needs the MM system's NonbondedForce (it holds the MM charges)")
     fragments = frag_q = None
     if molecule_charges is not None:
-        all_frag, all_q = fragment_assignment(topology, molecule_charges)
-        sub = all_frag[atoms]
-        used = np.unique(sub)
-        remap = {f: k for k, f in enumerate(used)}
-        fragments = np.array([remap[f] for f in sub])
-        frag_q = all_q[used]
+        fragments, frag_q = subset_fragments(topology, molecule_charges, atoms)
         if total_charge is None:
             total_charge = float(frag_q.sum())
     module = MLRegionModule(
@@ -282,7 +277,7 @@ def _ml_atomic_numbers(model: HybridModel, topology, atoms) -> np.ndarray:
     return numbers
 
 
-def _model_long_range(model) -> bool:
+def model_long_range(model) -> bool:
     """True for a periodic model (or ensemble) that sums its own Ewald/PME electrostatics."""
     members = getattr(model, "members", [model])
     return bool(model.periodic and any(getattr(m, "electrostatics", None) is not None for m in members))

@@ -43,7 +43,8 @@ import openmm.unit as u
 import torch
 
 from hybridpot.model.export import atom_indices
-from hybridpot.openmm.topology import MoleculeCharges, fragment_assignment, topology_atomic_numbers
+from hybridpot.physics.neighbors import nearest_images
+from hybridpot.openmm.topology import MoleculeCharges, subset_fragments, topology_atomic_numbers
 
 _DICT_REPORTS = tuple(int(v) for v in openmm.__version__.split(".")[:2]) >= (8, 1)
 #: Relative size below which the charge product q_i0 q_j0 of an exception counts as zero.
@@ -253,9 +254,7 @@ class NNChargeUpdater:
         if (self.model.periodic or self.cluster) and cell is None:
             raise ValueError("box is needed (3, 3 nm): the System is periodic; got box=None")
         if self.cluster:
-            offsets = pos - pos[0:1]
-            pos = pos - np.round(offsets @ np.linalg.inv(cell)) @ cell
-            cell = None
+            pos = nearest_images(torch.as_tensor(pos), torch.as_tensor(cell)).numpy()
         with torch.no_grad():
             out = self.model.compute(
                 pos, self.atomic_numbers, cell if self.model.periodic else None, self.total_charge,
@@ -370,16 +369,11 @@ def add_nn_charges(
     index = np.arange(system.getNumParticles()) if atoms is None else atom_indices(atoms, "atoms")
     fragments = frag_q = None
     if molecule_charges is not None:
-        all_frag, all_q = fragment_assignment(topology, molecule_charges)
-        if index.max() >= len(all_frag):
+        if index.max() >= topology.getNumAtoms():
             raise ValueError(
-                f"atoms must index the {len(all_frag)} atoms of the topology, got index {int(index.max())}"
+                f"atoms must index the {topology.getNumAtoms()} atoms of the topology, got index {int(index.max())}"
             )
-        sub = all_frag[index]
-        used = np.unique(sub)
-        remap = {int(f): k for k, f in enumerate(used)}
-        fragments = np.array([remap[int(f)] for f in sub], dtype=np.int64)
-        frag_q = all_q[used]
+        fragments, frag_q = subset_fragments(topology, molecule_charges, index)
         if total_charge is None:
             total_charge = float(frag_q.sum())
     return NNChargeUpdater(

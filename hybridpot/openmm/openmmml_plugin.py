@@ -77,7 +77,8 @@ class HybridpotPotentialImpl:
         from hybridpot.model.export import OpenMMModule
         from hybridpot.openmm.bindings import force_from_module
         from hybridpot.openmm.mixed import MLRegionModule
-        from hybridpot.openmm.system import check_model_topology, fragment_assignment
+        from hybridpot.openmm.system import check_model_topology
+        from hybridpot.openmm.topology import subset_fragments
 
         unknown = sorted(set(args) - set(EMBEDDING_OPTIONS))
         if unknown:
@@ -97,13 +98,8 @@ class HybridpotPotentialImpl:
         fragments = fragment_charges = None
         total_charge = float(charge)
         if molecule_charges is not None:
-            all_fragments, all_charges = fragment_assignment(topology, molecule_charges)
-            chosen = all_fragments if subset is None else all_fragments[subset]
-            used = sorted(set(int(f) for f in chosen))
-            renumber = {f: k for k, f in enumerate(used)}
-            fragments = [renumber[int(f)] for f in chosen]
-            fragment_charges = [float(all_charges[f]) for f in used]
-            total_charge = float(sum(fragment_charges))
+            fragments, fragment_charges = subset_fragments(topology, molecule_charges, subset)
+            total_charge = float(fragment_charges.sum())
         if subset is None:
             module = OpenMMModule(self.model, numbers, total_charge, fragments, fragment_charges)
             module.cluster = cluster
@@ -130,8 +126,9 @@ class HybridpotPotentialImpl:
         openmm-ml's mechanical embedding then removes the MM Coulomb energy among the ML atoms,
         images included, instead of only the direct ML-ML pairs.
         """
-        members = getattr(self.model, "members", [self.model])  # an EnsembleModel, or one HybridModel
-        return bool(self.model.periodic and any(getattr(m, "electrostatics", None) is not None for m in members))
+        from hybridpot.openmm.mixed import model_long_range
+
+        return model_long_range(self.model)
 
     def getSupportedEmbeddings(self) -> List[str]:
         return [ELECTROSTATIC_EMBEDDING]

@@ -40,3 +40,12 @@ def fragment_assignment(topology: openmm.app.Topology, molecule_charges: Molecul
         for atom in residue.atoms():
             fragments[atom.index] = k
     return fragments, np.asarray(charges)
+
+
+def subset_fragments(topology: openmm.app.Topology, molecule_charges: MoleculeCharges, atoms=None):
+    """:func:`fragment_assignment` for the atoms ``atoms`` (indices; default all): their fragment
+    indices renumbered 0..G-1 in the order of the residues, and the charges of those G fragments."""
+    fragments, charges = fragment_assignment(topology, molecule_charges)
+    chosen = fragments if atoms is None else fragments[np.asarray(atoms, dtype=np.int64)]
+    used, renumbered = np.unique(chosen, return_inverse=True)
+    return renumbered.astype(np.int64), charges[used]

@@ -31,20 +31,13 @@ from torch import Tensor
 
 from hybridpot.physics.electrostatics import PMEReciprocal
 from hybridpot.physics.ewald_params import PME_ORDER, box_heights, ewald_alpha, pme_mesh_size
+from hybridpot.physics.neighbors import minimum_image, moved_beyond_half_skin, nearest_images
 from hybridpot.units import COULOMB
 
 EMBEDDING_METHODS = ("pme", "cutoff", "direct")
 #: Damping parameter of the DSF cutoff route, nm^-1: in liquid water at 1-1.2 nm cutoffs it gives ML-MM forces
 #: closer to PME than Fennell and Gezelter's 2 nm^-1 (benchmarks/README.md).
 DSF_ALPHA = 1.0
-
-
-def minimum_image(vectors: Tensor, box: Tensor) -> Tensor:
-    """``vectors`` (P, 3) minus the lattice translation that brings their fractional coordinates into
-    [-0.5, 0.5): the nearest image for pairs closer than half the shortest box height (rectangular
-    and OpenMM's reduced triclinic boxes alike, within that distance)."""
-    fractional = torch.matmul(vectors, torch.linalg.inv(box))
-    return vectors - torch.matmul(torch.round(fractional.detach()), box)
 
 
 class MLMMCoulomb(torch.nn.Module):
@@ -103,8 +96,7 @@ class MLMMCoulomb(torch.nn.Module):
             if box is not None and not torch.equal(box.detach().to(torch.float64), self.ref_box):
                 rebuild = True
             elif points.shape[0] > 0:
-                moved = (points - self.ref_positions).square().sum(dim=1).max()
-                rebuild = not bool(moved <= 0.25 * self.list_skin * self.list_skin)
+                rebuild = moved_beyond_half_skin(points, self.ref_positions, self.list_skin)
         if rebuild:
             self.pair_ml, self.pair_mm = self._search(points, ml_atoms, mm_charges, box)
             self.ref_positions = points.clone()
@@ -134,9 +126,8 @@ class MLMMCoulomb(torch.nn.Module):
         # first the MM atoms within reach of the ML region's bounding sphere (one vector per MM atom),
         # then ML x those: memory and time O(MM atoms + ML atoms x neighbors), not O(ML x MM atoms)
         ml_points = points.index_select(0, ml_atoms)
-        centre = ml_points[0]
         if cell is not None:
-            ml_points = centre + minimum_image(ml_points - centre, cell)
+            ml_points = nearest_images(ml_points, cell)
         centre = ml_points.mean(dim=0)
         radius = float(torch.linalg.norm(ml_points - centre, dim=1).max()) + reach
         offsets = points.index_select(0, charged) - centre

@@ -119,6 +119,30 @@ def pair_vectors(
     return vec
 
 
+def moved_beyond_half_skin(points: Tensor, reference: Tensor, skin: float) -> bool:
+    """Whether some atom of ``points`` (N, 3) is farther than ``skin`` / 2 from its ``reference``
+    position, the rebuild criterion of a pair list kept with a skin (NaN positions count as moved)."""
+    moved = (points - reference).square().sum(dim=1).max()
+    return not bool(moved <= 0.25 * skin * skin)
+
+
+def minimum_image(vectors: Tensor, box: Tensor) -> Tensor:
+    """``vectors`` (P, 3) minus the lattice translation that brings their fractional coordinates into
+    [-0.5, 0.5): the nearest image for pairs closer than half the shortest box height (rectangular
+    and OpenMM's reduced triclinic boxes alike, within that distance)."""
+    fractional = torch.matmul(vectors, torch.linalg.inv(box))
+    return vectors - torch.matmul(torch.round(fractional.detach()), box)
+
+
+def nearest_images(positions: Tensor, box: Tensor) -> Tensor:
+    """``positions`` (M, 3) as one whole cluster: each atom at its periodic image nearest to the first
+    atom. Exact while the cluster spans less than half the shortest box height (a molecule, a ligand
+    or an active site in a box of its solvent)."""
+    offsets = positions - positions[0:1]
+    cells = torch.round(torch.matmul(offsets.detach(), torch.linalg.inv(box.detach())))
+    return positions - torch.matmul(cells, box)
+
+
 def neighbor_slots(i: Tensor, n_atoms: int) -> Tuple[Tensor, int]:
     """Place each pair in a per-atom table of neighbors, padded to the longest row.
 
@@ -190,8 +214,7 @@ class VerletList(torch.nn.Module):
             return True
         if points.shape[0] == 0:
             return False
-        moved = (points - self.ref_positions).square().sum(dim=1).max()
-        return not bool(moved <= 0.25 * self.skin * self.skin)  # NaN positions rebuild (and fail there)
+        return moved_beyond_half_skin(points, self.ref_positions, self.skin)  # NaN: rebuild (and fail there)
 
     def forward(self, positions: Tensor, box: Optional[Tensor], cutoff: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         points = positions.detach().to(torch.float64)
