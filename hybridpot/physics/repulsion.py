@@ -23,7 +23,7 @@ from torch import Tensor
 
 from typing import Dict, Optional
 
-from hybridpot.physics.base import EnergyTerm, Frames, Pairs, within
+from hybridpot.physics.base import EnergyTerm, Frames, Pairs
 from hybridpot.physics.cutoffs import cosine_cutoff
 
 #: ZBL screening length prefactor, nm (0.46850 Angstrom).
@@ -79,11 +79,7 @@ class ZBLRepulsion(EnergyTerm):
         return self.cutoff
 
     def energy(self, frames: Frames, pairs: Pairs, data: Dict[str, Tensor]) -> Tensor:
-        sub = within(pairs, self.cutoff)
-        z = frames.atomic_numbers
-        pair = zbl_pair_energy(sub.distances, z.index_select(0, sub.i), z.index_select(0, sub.j))
-        pair = pair * cosine_cutoff(sub.distances, self.cutoff)
-        return torch.zeros(frames.n_frames, dtype=pair.dtype, device=pair.device).index_add(0, sub.frame, pair)
+        return self.forward(frames.atomic_numbers, pairs.i, pairs.j, pairs.distances, frames.batch, frames.n_frames)
 
     def extra_repr(self) -> str:
         return f"cutoff={self.cutoff} nm"
